@@ -1,0 +1,138 @@
+"""mnistlab's NumPy MLP against scikit-learn's MLPClassifier, with the same settings.
+
+    MNISTLAB_DATA_DIR=/path/to/data python benchmarks/numpy_vs_sklearn.py [--repeats 3]
+
+Both train a 784-256-10 ReLU network with Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8),
+batch 128, 10 epochs, shuffled each epoch, on the 60,000 official training images scaled to
+0..1 (float32 for both), and are tested on the 10,000 official test images. scikit-learn
+keeps its defaults otherwise (Glorot-uniform init, L2 alpha 1e-4 averaged over the batch);
+mnistlab uses He init and no L2. Times are training only (`fit`), evaluation excluded.
+With --repeats N the two are run alternately N times (so load from other processes hits
+both alike) and medians are reported. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab.scratch import build_mlp, fit, make_optimizer, predict_logits
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test), x float32 (N, 784) in 0..1."""
+    try:
+        from mnistlab.data import load
+    except ImportError:  # the data module is optional here: read the IDX files directly
+        load = None
+    if load is not None:
+        train, test = load("mnist", "all", download=False), load("mnist", "test", download=False)
+        pairs = [(train.images, train.labels), (test.images, test.labels)]
+    else:
+        root = os.environ.get("MNISTLAB_DATA_DIR")
+        if not root:
+            raise SystemExit("set MNISTLAB_DATA_DIR to the folder holding mnist/*.gz")
+        pairs = [
+            (_read_idx(Path(root, "mnist", f"{p}-images-idx3-ubyte.gz")),
+             _read_idx(Path(root, "mnist", f"{p}-labels-idx1-ubyte.gz")))
+            for p in ("train", "t10k")
+        ]  # fmt: skip
+    (xtr, ytr), (xte, yte) = [
+        (images.reshape(len(images), -1).astype(np.float32) / np.float32(255), labels)
+        for images, labels in pairs
+    ]
+    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """IDX: 2 zero bytes, a type byte (0x08 = uint8), ndim, then big-endian uint32 dims."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def run_sklearn(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, float]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=(256,),
+        activation="relu",
+        solver="adam",
+        learning_rate_init=1e-3,
+        batch_size=128,
+        max_iter=epochs,  # epochs, for the adam solver
+        shuffle=True,
+        early_stopping=False,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        random_state=seed,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached, on purpose
+        clf.fit(xtr, ytr)
+    seconds = time.perf_counter() - t0
+    return seconds, 100.0 * float((clf.predict(xte) == yte).mean())
+
+
+def run_numpy(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, float]:
+    model = build_mlp([784, 256, 10], activation="relu", init="he", seed=seed)
+    opt = make_optimizer("adam", model.params(), lr=1e-3)
+    t0 = time.perf_counter()
+    fit(model, opt, xtr, ytr, epochs=epochs, batch_size=128, seed=seed, progress=False)
+    seconds = time.perf_counter() - t0
+    acc = 100.0 * float((predict_logits(model, xte).argmax(axis=1) == yte).mean())
+    return seconds, acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=1, help="alternating runs; medians reported")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    xtr, ytr, xte, yte = load_mnist()
+    print(f"MNIST: train {xtr.shape}, test {xte.shape}; {args.epochs} epochs, batch 128, Adam 1e-3")
+    runs: dict[str, list[tuple[float, float]]] = {"sklearn": [], "numpy": []}
+    for r in range(args.repeats):
+        for name, fn in (("sklearn", run_sklearn), ("numpy", run_numpy)):
+            seconds, acc = fn(xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed)
+            runs[name].append((seconds, acc))
+            print(f"  run {r + 1}/{args.repeats} {name:8s} train {seconds:7.2f} s  "
+                  f"test accuracy {acc:.2f}%", flush=True)  # fmt: skip
+
+    med = {
+        name: (statistics.median(s for s, _ in rs), statistics.median(a for _, a in rs))
+        for name, rs in runs.items()
+    }
+    speedup = med["sklearn"][0] / med["numpy"][0]
+    print(f"scikit-learn MLPClassifier: {med['sklearn'][0]:.2f} s, {med['sklearn'][1]:.2f}%")
+    print(f"mnistlab NumPy MLP:         {med['numpy'][0]:.2f} s, {med['numpy'][1]:.2f}%")
+    print(f"speedup {speedup:.2f}x (medians over {args.repeats} run(s))")
+    print(
+        json.dumps(
+            {
+                "sklearn_seconds": round(med["sklearn"][0], 3),
+                "sklearn_accuracy": round(med["sklearn"][1], 2),
+                "numpy_seconds": round(med["numpy"][0], 3),
+                "numpy_accuracy": round(med["numpy"][1], 2),
+                "speedup": round(speedup, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

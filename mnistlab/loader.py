@@ -1,0 +1,165 @@
+"""In-memory batch iteration: the whole split lives on the device as uint8, no DataLoader.
+
+Each epoch draws one permutation from a ``torch.Generator`` seeded with ``(seed, epoch)``, so
+epoch e's order depends on nothing else (set ``loader.epoch = e`` to replay it on resume).
+A batch is then one ``index_select`` of B rows of the uint8 images, and one op that converts
+to float32 and normalizes, ``(x/255 - mean)/std``, for the whole batch. With augmentation the
+batch is converted to float on the raw 0..255 scale (so 0 stays background, the
+augmentation's fill), augmented, and normalized in place.
+
+Measured (2-core dev box, batch 64, full MNIST train, ``python benchmarks/loader.py``): about
+3M images/s, against ~23k/s for the ``torch.utils.data.DataLoader`` pattern of the official
+PyTorch MNIST example (a per-sample ``__getitem__``); see the benchmark for current figures.
+Per-batch gathering beats permuting the whole split up front: ``index_select`` of 55k rows
+costs ~12 ms per epoch while 860 gathers of 64 rows cost ~5 ms in total, and it needs no
+second copy of the split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mnistlab.augment import Augment
+
+__all__ = ["BatchLoader", "epoch_seed"]
+
+# Batches smaller than this many images are gathered, converted and augmented together, then
+# yielded as views: per-op overhead is amortized, and the float chunk (~800 KB) stays in cache.
+CHUNK = 256
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit generator seed that depends only on (seed, epoch), well mixed."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+class BatchLoader:
+    """Iterates (x float32 (B, 1, H, W) normalized, y int64 (B,)) over an in-memory split.
+
+    ``images``: (N, H, W) or (N, 1, H, W) uint8, NumPy or torch. ``augment`` is applied to
+    each batch before normalization. ``shard(rank, world_size)`` makes this loader yield only
+    its rank's share of every epoch (for multi-process training).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Tensor,
+        labels: np.ndarray | Tensor,
+        *,
+        batch_size: int,
+        mean: float,
+        std: float,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        augment: Augment | None = None,
+        drop_last: bool = False,
+    ):
+        images = torch.as_tensor(images)
+        labels = torch.as_tensor(labels)
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        if images.ndim == 3:
+            images = images[:, None]  # (N, 1, H, W): a slice is then already a model batch
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"images must be (N, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+        if batch_size < 1 or std <= 0 or seed < 0:
+            raise ValueError(
+                f"need batch_size >= 1, std > 0, seed >= 0; got {batch_size, std, seed}"
+            )
+        self.device = torch.device(device)
+        self.images = images.to(self.device).contiguous()  # (N, 1, H, W) uint8, resident
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = batch_size
+        self.mean, self.std = float(mean), float(std)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.augment = augment
+        self.drop_last = drop_last
+        self.epoch = 0  # the epoch the next iteration runs; settable for resume
+        self.rank, self.world_size = 0, 1
+        # x/255 -> (x/255 - mean)/std as one op: shift + scale * x (uint8 in, float32 out)
+        self._scale = 1.0 / (255.0 * self.std)
+        self._shift = torch.tensor(-self.mean / self.std, device=self.device)
+
+    def shard(self, rank: int, world_size: int) -> BatchLoader:
+        """Yield only rank's share: every epoch's order, padded by wrapping around to a multiple
+        of world_size, split round-robin. All ranks get the same number of batches."""
+        if not 0 <= rank < world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this loader yields per epoch (this rank's share when sharded)."""
+        return math.ceil(len(self.images) / self.world_size)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def order(self, epoch: int) -> Tensor | None:
+        """Sample indices (CPU int64) of this rank for an epoch; None = 0..N-1 in order."""
+        n = len(self.images)
+        if not self.shuffle and self.world_size == 1:
+            return None
+        if self.shuffle:
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            perm = torch.randperm(n, generator=g)
+        else:
+            perm = torch.arange(n)
+        if self.world_size > 1:
+            pad = self.num_samples * self.world_size - n
+            perm = torch.cat([perm, perm[:pad]])[self.rank :: self.world_size]
+        return perm
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.order(self.epoch)
+        self.epoch += 1
+        return self._batches(order)
+
+    def _batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+        if order is None:
+            labels = self.labels
+        else:
+            order = order.to(self.device)
+            labels = self.labels[order]  # (n,) permuted once; images are gathered per batch
+        n, b = len(labels), self.batch_size
+        stop = n - n % b if self.drop_last else n
+        step = b * max(1, CHUNK // b)  # small batches are prepared several at a time
+        for i in range(0, stop, step):
+            j = min(i + step, stop)
+            if order is None:
+                xc = self.images[i:j]  # a view: no copy
+            else:
+                xc = self.images.index_select(0, order[i:j])  # (n, 1, H, W) uint8
+            if self.augment is None:
+                xc = torch.add(self._shift, xc, alpha=self._scale)  # float32, normalized
+            else:
+                xc = self.augment(xc.float())  # on the raw 0..255 scale: 0 = background
+                xc = torch.add(self._shift, xc, alpha=self._scale, out=xc)  # in place
+            for k in range(i, j, b):
+                yield xc[k - i : k - i + b], labels[k : k + b]
+
+    def state_dict(self) -> dict:
+        """What an exact resume at an epoch boundary needs (the data order and the augment
+        stream); save it after an epoch ends."""
+        state = {"epoch": self.epoch}
+        if self.augment is not None:
+            state["augment"] = self.augment.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        if self.augment is not None and "augment" in state:
+            self.augment.load_state_dict(state["augment"])

@@ -1,0 +1,207 @@
+"""The NumPy engine's training loop: mini-batch training with an optional L2 penalty,
+learning-rate decay per epoch and early stopping on a validation split.
+
+`x` arrays are float32 (N, 784), already normalized; `y` arrays are integer labels (N,).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .layers import Sequential
+from .losses import SoftmaxCrossEntropy
+from .optim import Optimizer
+
+__all__ = ["fit", "predict_logits", "evaluate", "lr_at"]
+
+
+def lr_at(base_lr: float, decay: float | str, epoch: int, epochs: int) -> float:
+    """Learning rate for `epoch` (0-based). `decay` is a factor per epoch
+    (lr = base * decay**epoch; 1.0 keeps it constant) or "cosine" (from base to 0 over
+    `epochs`, half a cosine period)."""
+    if isinstance(decay, str):
+        if decay == "cosine":
+            return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+        if decay == "none":
+            return base_lr
+        raise ValueError(f"unknown lr_decay {decay!r}; expected a factor, 'cosine' or 'none'")
+    if not 0 < decay <= 1:
+        raise ValueError(f"lr_decay factor must be in (0, 1], got {decay}")
+    return base_lr * decay**epoch
+
+
+def predict_logits(model: Sequential, x: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
+    """Logits (N, C) in evaluation mode (no dropout), computed `batch_size` rows at a time."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.empty((0, 0), dtype=model.dtype)
+    return np.concatenate(chunks)
+
+
+def evaluate(
+    model: Sequential, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy as a fraction) in evaluation mode."""
+    loss_fn = SoftmaxCrossEntropy()
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for i in range(0, len(x), batch_size):
+            logits = model.forward(x[i : i + batch_size])
+            yb = y[i : i + batch_size]
+            loss_sum += loss_fn(logits, yb) * len(yb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def fit(
+    model: Sequential,
+    opt: Optimizer,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    l2: float = 0.0,
+    lr_decay: float | str = 1.0,
+    patience: int | None = None,
+    monitor: str = "val_loss",
+    seed: int = 0,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` with `opt` for up to `epochs` passes over the training set.
+
+    l2:        penalty 0.5 * l2 * sum(W**2) over weights (not biases): adds l2 * W to dW.
+    lr_decay:  per-epoch factor or "cosine" (see `lr_at`), applied to the optimizer's lr.
+    patience:  stop after this many epochs without a better `monitor` ("val_loss" or
+               "val_acc") and restore the best epoch's weights. Needs validation data.
+    seed:      seeds the per-epoch shuffles (the model's own seed fixes init and dropout).
+    on_epoch:  called after each epoch with that epoch's record (the keys below).
+
+    Returns {"history": [record per epoch], "best_epoch", "best", "stopped_early",
+    "train_seconds"}; a record has epoch, train_loss, train_acc, val_loss, val_acc
+    (None without validation), lr, seconds (training only, evaluation excluded),
+    images_per_s. Accuracies are fractions.
+    """
+    has_val = x_val is not None and y_val is not None
+    if patience is not None and not has_val:
+        raise ValueError("early stopping (patience) needs x_val and y_val")
+    if monitor not in ("val_loss", "val_acc"):
+        raise ValueError(f"monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
+    x_train = np.ascontiguousarray(x_train, dtype=model.dtype)  # no copy if already so
+    y_train = np.asarray(y_train, dtype=np.intp)
+    n, d = x_train.shape
+    loss_fn = SoftmaxCrossEntropy()
+    rng = np.random.default_rng(seed)
+    base_lr = opt.lr
+    decayed = [p for p in model.params() if p.decay] if l2 else []
+    l2_tmp = [np.empty_like(p.value) for p in decayed]
+    xb = np.empty((min(batch_size, n), d), dtype=model.dtype)  # the batch, reused
+
+    history: list[dict] = []
+    best: dict | None = None
+    best_state: dict[str, np.ndarray] | None = None
+    stale = 0  # epochs since the monitored metric last improved
+    stopped_early = False
+    for epoch in range(epochs):
+        opt.lr = lr_at(base_lr, lr_decay, epoch, epochs)
+        model.train()
+        perm = rng.permutation(n)  # shuffle indices once per epoch; the data stay put
+        loss_sum, correct = 0.0, 0
+        bar = _progress_bar(n, f"epoch {epoch + 1}/{epochs}") if progress else None
+        t0 = time.perf_counter()
+        for k, start in enumerate(range(0, n, batch_size)):
+            idx = perm[start : start + batch_size]
+            x = np.take(x_train, idx, axis=0, out=xb[: len(idx)])  # (B, 784) gathered
+            y = y_train[idx]  # (B,)
+
+            # forward: logits and the loss
+            logits = model.forward(x)  # (B, C)
+            loss = loss_fn(logits, y)
+
+            # backward: every parameter's gradient, overwritten in place
+            model.backward(loss_fn.backward())
+            for p, tmp in zip(decayed, l2_tmp):  # L2: d/dW of 0.5 * l2 * |W|^2
+                np.multiply(p.value, l2, out=tmp)
+                p.grad += tmp
+
+            # update
+            opt.step()
+
+            loss_sum += loss * len(idx)
+            correct += int((logits.argmax(axis=1) == y).sum())
+            if bar is not None:
+                bar.update(len(idx))
+                if k % 25 == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{opt.lr:.2e}", refresh=False)
+        seconds = time.perf_counter() - t0
+
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / n,
+            "train_acc": correct / n,
+            "val_loss": None,
+            "val_acc": None,
+            "lr": opt.lr,
+            "seconds": seconds,
+            "images_per_s": n / seconds,
+        }
+        if has_val:
+            record["val_loss"], record["val_acc"] = evaluate(model, x_val, y_val)
+            if best is None or _better(record, best, monitor):
+                best, stale = record, 0
+                best_state = model.state_dict()
+            else:
+                stale += 1
+        history.append(record)
+        if bar is not None:
+            post = {"loss": f"{record['train_loss']:.4f}", "acc": f"{record['train_acc']:.4f}"}
+            if has_val:
+                post |= {
+                    "val_loss": f"{record['val_loss']:.4f}",
+                    "val_acc": f"{record['val_acc']:.4f}",
+                }
+            bar.set_postfix(post | {"lr": f"{opt.lr:.2e}"})
+            bar.close()
+        if on_epoch is not None:
+            on_epoch(record)
+        if patience is not None and stale >= patience:
+            stopped_early = True
+            break
+
+    if patience is not None and best_state is not None:
+        model.load_state_dict(best_state)  # the weights of the best validation epoch
+    return {
+        "history": history,
+        "best_epoch": best["epoch"] if best else None,
+        "best": best,
+        "stopped_early": stopped_early,
+        "train_seconds": sum(r["seconds"] for r in history),
+    }
+
+
+def _better(record: dict, best: dict, monitor: str) -> bool:
+    if monitor == "val_acc":  # ties go to the lower loss
+        return (record["val_acc"], -record["val_loss"]) > (best["val_acc"], -best["val_loss"])
+    return record["val_loss"] < best["val_loss"]
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm  # imported here: the engine itself needs only NumPy
+
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=True, dynamic_ncols=True)

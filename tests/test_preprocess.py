@@ -1,0 +1,257 @@
+"""preprocess.py: any image -> a 28x28 digit laid out as MNIST digits are.
+
+Synthetic digits are drawn off-centre, small, large, inverted, on transparent RGBA, noisy,
+faint and JPEG-compressed; each must come out centred by mass at (14, 14) (within 1 px),
+with its bounding box fitting 20x20 and its longer side ~20, and look like the same digit
+drawn cleanly.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from mnistlab.preprocess import (
+    EmptyImageError,
+    ImageTooLargeError,
+    PreprocessError,
+    UnreadableImageError,
+    center_of_mass,
+    preprocess_image,
+)
+
+# Strokes of a few digits in a unit box (x, y), y down; the box is 0.6 wide per 1 tall.
+SHAPES = {
+    "7": [[(0.05, 0.05), (0.95, 0.05), (0.35, 0.95)]],
+    "1": [[(0.5, 0.0), (0.5, 1.0)]],
+    "4": [[(0.7, 1.0), (0.7, 0.0), (0.0, 0.65), (1.0, 0.65)]],
+    "0": "ellipse",
+}
+
+
+def draw_digit(shape: str, *, height: float, stroke: float, canvas: tuple[int, int],
+               at: tuple[float, float], ink: float = 0.0, paper: float = 1.0,
+               ss: int = 4) -> np.ndarray:
+    """(H, W) float 0..1: a digit ``height`` px tall with its top-left at ``at``, antialiased
+    by drawing at ``ss`` times the size and area-averaging down."""
+    w, h = canvas
+    big = Image.new("L", (w * ss, h * ss), 0)
+    d = ImageDraw.Draw(big)
+    bw, x0, y0 = 0.6 * height, at[0], at[1]
+    pad = stroke / 2  # keep the stroke's outer edge inside the box
+    to_px = lambda p: ((x0 + pad + p[0] * (bw - 2 * pad)) * ss,
+                       (y0 + pad + p[1] * (height - 2 * pad)) * ss)
+    if SHAPES[shape] == "ellipse":
+        d.ellipse([to_px((0, 0)), to_px((1, 1))], outline=255, width=max(1, round(stroke * ss)))
+    else:
+        for line in SHAPES[shape]:
+            d.line([to_px(p) for p in line], fill=255, width=max(1, round(stroke * ss)),
+                   joint="curve")
+    cover = np.asarray(big.resize((w, h), Image.Resampling.BOX), dtype=np.float32) / 255
+    return paper + (ink - paper) * cover
+
+
+def to_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gray_img(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8), "L")
+
+
+def assert_mnist_layout(out: np.ndarray) -> None:
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert out.max() > 0.9  # strokes are stretched to full ink
+    cy, cx = center_of_mass(out)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
+    rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+    bh, bw = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert bh <= 20 and bw <= 20, (bh, bw)
+    assert max(bh, bw) >= 19, (bh, bw)
+
+
+def reference(shape: str) -> np.ndarray:
+    """The same digit drawn cleanly, medium size, light on dark."""
+    a = draw_digit(shape, height=100, stroke=14, canvas=(160, 160), at=(50, 30),
+                   ink=1.0, paper=0.0)
+    return preprocess_image(gray_img(a))
+
+
+def similar(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def cases(shape: str) -> dict[str, bytes | Image.Image]:
+    rng = np.random.default_rng(0)
+    out: dict[str, bytes | Image.Image] = {}
+    out["off-centre"] = gray_img(draw_digit(shape, height=80, stroke=10, canvas=(300, 200),
+                                            at=(8, 110)))
+    out["small"] = gray_img(draw_digit(shape, height=11, stroke=1.6, canvas=(64, 48),
+                                       at=(45, 4)))
+    out["large"] = gray_img(draw_digit(shape, height=1500, stroke=160, canvas=(1400, 1800),
+                                       at=(300, 200), ss=1))
+    out["inverted"] = gray_img(draw_digit(shape, height=90, stroke=12, canvas=(240, 180),
+                                          at=(130, 40), ink=1.0, paper=0.0))
+    cover = 1 - draw_digit(shape, height=120, stroke=16, canvas=(200, 200), at=(20, 60))
+    rgba = np.zeros((200, 200, 4), np.uint8)  # black strokes on transparent (0, 0, 0, 0)
+    rgba[..., 3] = np.round(cover * 255)
+    out["rgba-dark-on-transparent"] = Image.fromarray(rgba, "RGBA")
+    rgba = rgba.copy()
+    rgba[..., :3] = 255  # white strokes on transparent: only the alpha holds the digit
+    out["rgba-white-on-transparent"] = to_bytes(Image.fromarray(rgba, "RGBA"))
+    photo = draw_digit(shape, height=140, stroke=18, canvas=(260, 220), at=(90, 50),
+                       ink=0.25, paper=0.8)
+    photo = photo + rng.normal(0, 0.06, photo.shape)  # sensor noise
+    speck = rng.random(photo.shape)
+    photo[speck < 0.003], photo[speck > 0.997] = 0.0, 1.0  # dust and dropouts
+    out["noisy"] = gray_img(photo)
+    out["faint-pencil"] = gray_img(draw_digit(shape, height=100, stroke=12, canvas=(180, 160),
+                                              at=(20, 30), ink=0.7, paper=0.92))
+    jpg = draw_digit(shape, height=120, stroke=14, canvas=(200, 200), at=(40, 40))
+    out["jpeg-rgb"] = to_bytes(gray_img(jpg).convert("RGB"), "JPEG", quality=60)
+    return out
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_synthetic_digits_land_as_mnist_digits(shape: str) -> None:
+    ref = reference(shape)
+    assert_mnist_layout(ref)
+    for name, src in cases(shape).items():
+        out = preprocess_image(src)
+        try:
+            assert_mnist_layout(out)
+            # the same digit as the clean drawing, not just something centred
+            assert similar(out, ref) > 0.8, similar(out, ref)
+        except AssertionError as e:
+            raise AssertionError(f"{shape} {name}: {e}") from None
+
+
+def test_aspect_ratio_is_kept() -> None:
+    one = preprocess_image(gray_img(draw_digit("1", height=100, stroke=10, canvas=(60, 140),
+                                                at=(10, 20))))
+    rows, cols = np.flatnonzero(one.any(1)), np.flatnonzero(one.any(0))
+    assert rows[-1] - rows[0] + 1 >= 19 and cols[-1] - cols[0] + 1 <= 4  # a "1" stays thin
+
+
+def test_mnist_digit_is_a_fixed_point() -> None:
+    """An MNIST-made digit comes back (almost) unchanged, whatever its file looks like."""
+    a = draw_digit("4", height=100, stroke=14, canvas=(160, 160), at=(50, 30), ink=1, paper=0)
+    x = preprocess_image(gray_img(a))
+    u8 = np.round(x * 255).astype(np.uint8)
+    again = preprocess_image(Image.fromarray(u8))
+    assert np.abs(again - x).max() <= 0.025  # only the faintest fringe (< 2%) is dropped
+    on_white = Image.fromarray(255 - u8).resize((112, 112), Image.Resampling.BICUBIC)
+    assert np.abs(preprocess_image(on_white) - x).mean() < 0.04
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])
+def test_formats(fmt: str) -> None:
+    img = gray_img(draw_digit("7", height=60, stroke=8, canvas=(100, 90), at=(10, 10)))
+    assert_mnist_layout(preprocess_image(to_bytes(img.convert("RGB"), fmt)))
+
+
+def test_gif_first_frame_and_palette_transparency() -> None:
+    first = gray_img(draw_digit("1", height=60, stroke=8, canvas=(100, 90), at=(10, 10)))
+    second = gray_img(draw_digit("0", height=60, stroke=8, canvas=(100, 90), at=(10, 10)))
+    gif = to_bytes(first, "GIF", save_all=True, append_images=[second], duration=100)
+    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    out = preprocess_image(gif)
+    assert similar(out, preprocess_image(first)) > 0.99
+    p = first.convert("P")
+    assert_mnist_layout(preprocess_image(to_bytes(p, "PNG", transparency=255)))
+
+
+def test_sixteen_bit_png() -> None:
+    a = draw_digit("7", height=60, stroke=8, canvas=(100, 90), at=(10, 10))
+    img16 = Image.fromarray(np.round(a * 65535).astype(np.uint16))
+    out = preprocess_image(to_bytes(img16))
+    assert_mnist_layout(out)
+    assert similar(out, preprocess_image(gray_img(a))) > 0.98
+
+
+def test_exif_rotation_is_applied() -> None:
+    img = gray_img(draw_digit("7", height=60, stroke=8, canvas=(100, 90), at=(10, 10)))
+    rotated = img.rotate(90, expand=True)  # as a sideways phone camera stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = preprocess_image(to_bytes(rotated.convert("RGB"), "JPEG", quality=95, exif=exif))
+    assert similar(out, preprocess_image(img)) > 0.95
+
+
+@pytest.mark.parametrize("img", [
+    Image.new("L", (50, 50), 255), Image.new("L", (50, 50), 0), Image.new("L", (50, 50), 128),
+    Image.new("RGBA", (50, 50), (0, 0, 0, 0)), Image.new("RGB", (1, 1), (10, 200, 30)),
+    gray_img(np.full((40, 40), 0.5) + np.random.default_rng(1).normal(0, 0.02, (40, 40))),
+    gray_img(np.where(np.random.default_rng(2).random((60, 60)) < 0.002, 0.0, 1.0)),
+], ids=["white", "black", "gray", "transparent", "1x1", "gray-noise", "specks"])
+def test_blank_images_are_reported(img: Image.Image) -> None:
+    with pytest.raises(EmptyImageError, match="blank"):
+        preprocess_image(to_bytes(img))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares huge dimensions but holds (almost) no data: a bomb's header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_bad_data_gives_clear_errors(tmp_path) -> None:
+    good = to_bytes(gray_img(draw_digit("7", height=60, stroke=8, canvas=(100, 90),
+                                        at=(10, 10))))
+    with pytest.raises(UnreadableImageError, match="not an image"):
+        preprocess_image(b"hello, world")
+    with pytest.raises(UnreadableImageError, match="empty"):
+        preprocess_image(b"")
+    with pytest.raises(UnreadableImageError, match="truncated|damaged|decode"):
+        preprocess_image(good[: len(good) // 2])
+    with pytest.raises(UnreadableImageError, match="not an image"):  # TIFF is not accepted
+        preprocess_image(to_bytes(Image.new("L", (10, 10)), "TIFF"))
+    with pytest.raises(ImageTooLargeError, match="pixels"):
+        preprocess_image(png_header_only(30_000, 30_000))
+    with pytest.raises(ImageTooLargeError):
+        preprocess_image(png_header_only(200_000, 200_000))  # past Pillow's own bomb limit
+    with pytest.raises(ImageTooLargeError):
+        preprocess_image(good, max_pixels=1000)
+    with pytest.raises(UnreadableImageError, match="cannot read"):
+        preprocess_image(tmp_path / "missing.png")
+    assert issubclass(EmptyImageError, PreprocessError) and issubclass(PreprocessError, ValueError)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 40), st.integers(1, 40), st.binary(min_size=1, max_size=1600),
+       st.sampled_from(["L", "RGB", "RGBA"]))
+def test_any_pixels_give_a_valid_input_or_blank(w: int, h: int, raw: bytes, mode: str) -> None:
+    bands = len(mode)
+    buf = (raw * (w * h * bands // len(raw) + 1))[: w * h * bands]
+    img = Image.frombytes(mode, (w, h), buf)
+    try:
+        out = preprocess_image(img)
+    except EmptyImageError:
+        return
+    assert out.shape == (28, 28) and np.isfinite(out).all()
+    assert 0 <= out.min() and out.max() <= 1 and out.sum() > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_preprocess_errors(raw: bytes) -> None:
+    for data in (raw, png_header_only(8, 8)[:16] + raw):
+        try:
+            preprocess_image(data)
+        except PreprocessError:
+            pass

@@ -1,0 +1,252 @@
+"""The HTTP API, through FastAPI's TestClient: every endpoint, every kind of bad request
+(each a 4xx JSON error, and the server keeps serving), and a property-based fuzz of the
+upload endpoint that must never produce a 500."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mnistlab.preprocess import preprocess_image  # noqa: E402
+from mnistlab.serve.app import create_app  # noqa: E402
+
+
+def png(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def digit_image() -> Image.Image:
+    """A hand-drawn-looking 7: dark ink on white, off-centre."""
+    from PIL import ImageDraw
+
+    img = Image.new("L", (140, 120), 255)
+    ImageDraw.Draw(img).line([(60, 20), (110, 20), (75, 105)], fill=0, width=9, joint="curve")
+    return img
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header declaring huge dimensions, with no pixel data to speak of."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+DIGIT = png(digit_image())
+
+
+@pytest.fixture(scope="module")
+def client(trained_checkpoint: Path):
+    app = create_app(trained_checkpoint, max_upload_bytes=200_000, max_pixels=4_000_000)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def assert_error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error", "message"} and body["message"], body
+    if code:
+        assert body["error"] == code, body
+    return body
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def test_health_model_page_and_schema(client: TestClient) -> None:
+    assert client.get("/api/health").json() == {"status": "ok", "model": "mlp"}
+
+    m = client.get("/api/model").json()
+    assert m["classes"] == [str(i) for i in range(10)]
+    assert m["model"] == "mlp" and "normalization" in m and "train_state" not in m
+    assert m["serving"]["max_upload_bytes"] == 200_000
+    assert m["serving"]["max_pixels"] == 4_000_000
+    assert "image/png" in m["serving"]["accepted_types"]
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text and "/static/app.js" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # no CDN: everything is local
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/api/predict"]["post"]
+    assert {"multipart/form-data", "application/json", "image/png"} <= set(
+        post["requestBody"]["content"])
+    assert {"200", "400", "413", "415", "422"} <= set(post["responses"])
+    assert "/api/health" in schema["paths"] and "/api/model" in schema["paths"]
+
+
+def check_prediction(body: dict, source: bytes) -> None:
+    assert body["label"] == "7"
+    assert body["label"] == body["top_k"][0]["label"]
+    assert 0.5 <= body["confidence"] <= 1 and body["unsure"] is False
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-3
+    seen = np.asarray(body["input"], dtype=np.float32) / 255
+    np.testing.assert_allclose(seen, preprocess_image(source), atol=1 / 255)
+    assert body["input_png"].startswith("data:image/png;base64,")
+    as_png = Image.open(io.BytesIO(base64.b64decode(body["input_png"].split(",", 1)[1])))
+    assert as_png.size == (28, 28)
+    np.testing.assert_array_equal(np.asarray(as_png), np.asarray(body["input"], np.uint8))
+
+
+def test_predict_every_way_of_sending(client: TestClient) -> None:
+    b64 = base64.b64encode(DIGIT).decode()
+    ways = [
+        {"files": {"file": ("seven.png", DIGIT, "image/png")}},
+        {"files": {"file": ("seven.png", DIGIT, "application/octet-stream")}},
+        {"json": {"image": b64}},
+        {"json": {"image": "data:image/png;base64," + b64}},
+        {"content": DIGIT, "headers": {"content-type": "image/png"}},
+    ]
+    for kw in ways:
+        r = client.post("/api/predict", **kw)
+        assert r.status_code == 200, (kw.keys(), r.text)
+        check_prediction(r.json(), DIGIT)
+    jpeg = png(digit_image().convert("RGB"), "JPEG")
+    r = client.post("/api/predict?top_k=5", files={"file": ("s.jpg", jpeg, "image/jpeg")})
+    assert r.status_code == 200 and len(r.json()["top_k"]) == 5
+
+
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(client: TestClient) -> None:
+    post = lambda **kw: client.post("/api/predict", **kw)  # noqa: E731
+    as_file = lambda data, mime="image/png", field="file": {  # noqa: E731
+        "files": {field: ("x.png", data, mime)}}
+
+    assert_error(post(**as_file(b"this is not an image")), 400, "unreadable_image")
+    assert_error(post(**as_file(DIGIT[: len(DIGIT) // 2])), 400, "unreadable_image")
+    assert_error(post(content=b"", headers={"content-type": "image/png"}), 400, "empty_body")
+    assert_error(post(**as_file(b"")), 400, "empty_image")
+    assert_error(post(), 400, "empty_body")  # no body, no content type
+    big = np.random.default_rng(0).integers(0, 256, (500, 500), np.uint8)
+    assert len(png(Image.fromarray(big))) > 200_000
+    assert_error(post(**as_file(png(Image.fromarray(big)))), 413, "payload_too_large")
+    assert_error(post(content=b"\0" * 400_000, headers={"content-type": "image/png"}), 413,
+                 "payload_too_large")
+    huge = png_header_only(50_000, 50_000)
+    assert_error(post(**as_file(huge)), 413, "image_too_large")
+    assert_error(post(**as_file(png_header_only(3000, 3000))), 413, "image_too_large")
+    assert_error(post(**as_file(DIGIT, field="image")), 422, "missing_field")
+    assert_error(post(data={"file": "not a file"}, files={"other": ("x", b"1")}), 422,
+                 "missing_field")
+    assert_error(post(json={"file": base64.b64encode(DIGIT).decode()}), 422, "missing_field")
+    assert_error(post(json=[1, 2]), 422, "missing_field")
+    assert_error(post(json={"image": 7}), 422, "missing_field")
+    assert_error(post(json={"image": "@@not base64@@"}), 400, "invalid_base64")
+    assert_error(post(json={"image": "data:text/plain;base64,aGk="}), 415)
+    assert_error(post(json={"image": "data:image/png,rawtext"}), 400, "invalid_base64")
+    assert_error(post(content=b"{nope", headers={"content-type": "application/json"}), 400,
+                 "invalid_json")
+    assert_error(post(content=b"\xff\xfe", headers={"content-type": "application/json"}), 400,
+                 "invalid_json")
+    assert_error(post(**as_file(DIGIT, mime="text/plain")), 415, "unsupported_media_type")
+    assert_error(post(content=DIGIT, headers={"content-type": "text/csv"}), 415)
+    assert_error(post(content=b"--x\r\nbroken", headers={
+        "content-type": "multipart/form-data; boundary=x"}), 400)
+    assert_error(post(content=b"abc", headers={"content-type": "multipart/form-data"}), 400)
+    assert_error(post(**as_file(png(Image.new("L", (64, 64), 255)))), 422, "blank_image")
+    assert_error(post(**as_file(png(Image.new("L", (8, 8), 0), "TIFF"))), 400)
+    assert_error(client.post("/api/predict?top_k=0", **as_file(DIGIT)), 422, "invalid_request")
+    assert_error(client.post("/api/predict?top_k=x", **as_file(DIGIT)), 422, "invalid_request")
+    assert_error(client.get("/api/predict"), 405, "method_not_allowed")
+    assert_error(client.get("/api/nothing"), 404, "not_found")
+
+    assert client.get("/api/health").status_code == 200
+    assert client.post("/api/predict", **as_file(DIGIT)).json()["label"] == "7"
+
+
+def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> None:
+    app = create_app(trained_checkpoint)
+    predictor = app.state.predictor
+    original = predictor.predict_one
+    seen_threads: list[str] = []
+
+    def slow_predict_one(*args, **kwargs):
+        seen_threads.append(threading.current_thread().name)
+        time.sleep(0.8)
+        return original(*args, **kwargs)
+
+    predictor.predict_one = slow_predict_one  # instance attribute shadows the method
+    with TestClient(app) as c:
+        results: dict[str, int] = {}
+        t = threading.Thread(target=lambda: results.setdefault(
+            "predict", c.post("/api/predict", content=DIGIT,
+                              headers={"content-type": "image/png"}).status_code))
+        t.start()
+        while not seen_threads:  # the slow prediction is running now
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        assert c.get("/api/health").status_code == 200
+        health_s = time.perf_counter() - t0
+        t.join()
+    assert results["predict"] == 200
+    assert health_s < 0.5, f"health waited {health_s:.2f} s behind a running prediction"
+    assert seen_threads[0] != "MainThread"
+
+
+# ------------------------------------------------------------------------------ fuzz
+
+MIMES = ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp",
+         "application/octet-stream", "text/plain", "", "multipart/form-data", "application/json"]
+MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff", b"BM", b"RIFF\0\0\0\0WEBP"]
+
+
+def mutate(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
+    b = bytearray(data)
+    for pos, val in flips:
+        b[pos % len(b)] = val
+    return bytes(b[: max(0, len(b) - cut)])
+
+
+bodies = st.one_of(
+    st.tuples(st.sampled_from(MAGIC), st.binary(max_size=400)).map(lambda t: t[0] + t[1]),
+    st.builds(mutate, st.just(DIGIT),
+              st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+              st.integers(0, 200)),
+    st.builds(mutate, st.just(png(digit_image(), "GIF")),
+              st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+              st.integers(0, 50)),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(how=st.sampled_from(["multipart", "json", "raw", "json-text", "multipart-text"]),
+       body=bodies, mime=st.sampled_from(MIMES), text=st.text(max_size=200))
+def test_fuzz_upload_never_500(client: TestClient, how: str, body: bytes, mime: str,
+                               text: str) -> None:
+    if how == "multipart":
+        r = client.post("/api/predict", files={"file": ("f", body, mime or "image/png")})
+    elif how == "multipart-text":
+        r = client.post("/api/predict", data={"file": text})
+    elif how == "json":
+        r = client.post("/api/predict", json={"image": f"data:{mime};base64,"
+                                              + base64.b64encode(body).decode()})
+    elif how == "json-text":
+        r = client.post("/api/predict", content=text.encode(),
+                        headers={"content-type": "application/json"})
+    else:
+        r = client.post("/api/predict", content=body, headers={"content-type": mime})
+    assert r.status_code < 500, r.text
+    assert r.status_code == 200 or set(r.json()) == {"error", "message"}
