@@ -306,6 +306,13 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
             model = create_model(meta["model"], **meta["model_args"])
         except ValueError as e:
             raise CheckpointError(f"{json_path}: {e}") from None
+        if meta.get("adapter"):  # low-rank adapters from `mnistlab finetune --mode lora`
+            from .finetune import attach_adapter
+
+            try:
+                attach_adapter(model, meta["adapter"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{json_path}: cannot rebuild its adapters: {e}") from None
         try:
             model.load_state_dict(load(weights))
         except RuntimeError as e:

@@ -65,10 +65,14 @@ class Predictor:
     """A checkpoint plus the one preprocessing path. Thread-safe for concurrent ``predict``
     calls (the model is in eval mode and is only read)."""
 
-    def __init__(self, checkpoint: Checkpoint, *, threshold: float = DEFAULT_THRESHOLD,
-                 top_k: int = DEFAULT_TOP_K, max_pixels: int = MAX_PIXELS):
+    def __init__(self, checkpoint: Checkpoint | str | Path, *,
+                 threshold: float = DEFAULT_THRESHOLD, top_k: int = DEFAULT_TOP_K,
+                 max_pixels: int = MAX_PIXELS, device: str = "cpu"):
+        """``checkpoint``: a loaded ``Checkpoint``, a run directory or a checkpoint path."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in 0..1, got {threshold}")
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(checkpoint, device=device)
         self.checkpoint = checkpoint
         self.classes = checkpoint.classes
         self.threshold = threshold
@@ -76,9 +80,9 @@ class Predictor:
         self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
+    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
         """From a run directory (its best checkpoint) or a checkpoint path."""
-        return cls(load_checkpoint(path, device=device), **kwargs)
+        return cls(path, **kwargs)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -250,3 +254,10 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_THRESHOLD})")
     p.set_defaults(func=run_predict)
     return p
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``serve`` lives in ``mnistlab.serve``; re-exported so the CLI finds both commands here."""
+    from .serve import add_serve_parser as add
+
+    return add(subparsers)

@@ -108,8 +108,8 @@ def open_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image
     if w < 1 or h < 1:
         raise UnreadableImageError(f"{name}image has no pixels ({w}x{h})")
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # GIF/WebP animations: the first frame
+        # A freshly opened GIF/WebP animation is at its first frame; asking for n_frames
+        # would walk (and decode) every frame, which a hostile file can make expensive.
         img.load()  # decode now, so truncated data fails here with a clear message
         img = ImageOps.exif_transpose(img)  # phone photos carry their rotation in EXIF
     except Exception as e:  # truncated or corrupt pixel data (OSError, SyntaxError, ...)
@@ -138,8 +138,11 @@ def to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         elif _has_alpha(img):
             rgba = img.convert("RGBA")
             alpha = rgba.getchannel("A")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            gray_img = Image.alpha_composite(white, rgba).convert("L")
+            if alpha.getextrema()[0] == 255:  # opaque everywhere (e.g. a browser canvas)
+                gray_img, alpha = rgba.convert("L"), None
+            else:
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                gray_img = Image.alpha_composite(white, rgba).convert("L")
         else:
             gray_img = img.convert("L")
     except Exception as e:  # exotic modes Pillow cannot convert
@@ -153,8 +156,6 @@ def to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         gray = gray / 255.0
     if alpha is not None:
         alpha = np.asarray(alpha, dtype=np.float32) / 255.0
-        if float(alpha.min()) > 0.999:  # an alpha channel that is opaque everywhere
-            alpha = None
     return gray, alpha
 
 

@@ -273,9 +273,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
 
     train_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
-        if hooks.on_epoch_start is not None:
-            hooks.on_epoch_start(epoch, model, optimizer)
         model.train()
+        if hooks.on_epoch_start is not None:  # after train(): it may put frozen BN in eval mode
+            hooks.on_epoch_start(epoch, model, optimizer)
         train_loader.epoch = epoch  # the permutation depends only on (seed, epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False, unit="batch")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import mnistlab.loader
 from mnistlab.augment import Augment, augment_preset
 from mnistlab.loader import BatchLoader
 
@@ -29,13 +30,17 @@ def epoch_labels(loader: BatchLoader) -> torch.Tensor:
     return torch.cat([y for _, y in loader])
 
 
-def test_every_sample_exactly_once_per_epoch(data):
-    loader = make(data)
-    assert len(loader) == 7  # ceil(103 / 16)
+@pytest.mark.parametrize("chunk", [32, 256])  # small batches are prepared `chunk` at a time
+@pytest.mark.parametrize("batch_size", [16, 30, 103, 300])
+def test_every_sample_exactly_once_per_epoch(data, batch_size, chunk, monkeypatch):
+    monkeypatch.setattr(mnistlab.loader, "CHUNK", chunk)
+    loader = make(data, batch_size=batch_size)
+    assert len(loader) == -(-N // batch_size)
+    sizes = [batch_size] * (N // batch_size) + ([N % batch_size] if N % batch_size else [])
     for _ in range(3):
         batches = list(loader)
         assert len(batches) == len(loader)
-        assert [len(y) for _, y in batches] == [16] * 6 + [7]
+        assert [len(y) for _, y in batches] == [len(x) for x, _ in batches] == sizes
         seen = torch.cat([y for _, y in batches])
         assert torch.equal(seen.sort().values, torch.arange(N))
 
@@ -53,7 +58,8 @@ def test_no_shuffle_is_in_order(data):
     assert torch.equal(epoch_labels(loader), torch.arange(N))
 
 
-def test_batches_are_normalized_and_match_their_labels(data):
+def test_batches_are_normalized_and_match_their_labels(data, monkeypatch):
+    monkeypatch.setattr(mnistlab.loader, "CHUNK", 32)  # several chunks per epoch
     images, _ = data
     for x, y in make(data):
         assert x.dtype == torch.float32 and y.dtype == torch.int64

