@@ -285,9 +285,9 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
     """Rebuild the model from its metadata and load its verified weights (eval mode)."""
     json_path = resolve(path, which)
     meta = read_meta(json_path)
-    weights = _read_checked(json_path, meta["weights"])
     if meta.get("engine", "torch") == "numpy":
-        from .scratch import build_from_meta
+        weights = _read_checked(json_path, meta["weights"])
+        from .train_numpy import build_from_meta
 
         try:
             arrays = dict(np.load(io.BytesIO(weights), allow_pickle=False))
@@ -306,6 +306,7 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
             model = create_model(meta["model"], **meta["model_args"])
         except ValueError as e:
             raise CheckpointError(f"{json_path}: {e}") from None
+        weights = _read_checked(json_path, meta["weights"])
         if meta.get("adapter"):  # low-rank adapters from `mnistlab finetune --mode lora`
             from .finetune import attach_adapter
 

@@ -198,7 +198,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     """
     hooks = hooks or Hooks()
     if cfg.model == "numpy-mlp":
-        from .scratch.run import train_numpy
+        if resume:
+            raise ConfigError("resume: the NumPy engine does not support --resume")
+        from .train_numpy import train_numpy
 
         return train_numpy(cfg, log=log)
 

@@ -305,9 +305,9 @@ def test_adam_flushes_decaying_state_before_subnormal():
     tiny = np.finfo(np.float32).tiny
     for _ in range(2000):
         opt.step()
-        m = np.abs(opt.state["m"][0])
+        m = np.abs(opt.state["m_sum"][0])
         assert not ((m > 0) & (m < tiny)).any()
-    assert opt.state["m"][0][0] == 0
+    assert opt.state["m_sum"][0][0] == 0
 
 
 # ---------------------------------------------------------------- model plumbing
@@ -444,3 +444,20 @@ def test_fit_resumes_exactly():
     a, b = run(False), run(True)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_adam_state_matches_torch_exp_avg():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    p = _param(rng.standard_normal(5), np.zeros(5))
+    tp = torch.tensor(p.value.copy(), requires_grad=True)
+    opt, topt = Adam([p], lr=0.01), torch.optim.Adam([tp], lr=0.01)
+    for _ in range(3):
+        g = rng.standard_normal(5)
+        p.grad[:], tp.grad = g, torch.tensor(g)
+        opt.step()
+        topt.step()
+    state, tstate = opt.state_dict(), topt.state[tp]
+    m, v = 0.1 * state["m_sum.w"], 0.001 * state["v_sum.w"]  # (1 - beta) * sum
+    np.testing.assert_allclose(m, tstate["exp_avg"].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(v, tstate["exp_avg_sq"].numpy(), rtol=1e-12)

@@ -117,11 +117,16 @@ class Adam(Optimizer):
     """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t).
 
-    The two bias corrections are folded into two scalars (exactly the same update):
-    p -= [lr sqrt(1 - b2^t) / (1 - b1^t)] * m / (sqrt(v) + eps sqrt(1 - b2^t)).
+    Done with two passes fewer per step, exactly the same update: the state holds decayed
+    *sums* M = b1 M + g and S = b2 S + g^2 (so m = (1 - b1) M, v = (1 - b2) S), and the
+    constant factors and bias corrections fold into two scalars:
+        m_hat = c1 M, sqrt(v_hat) = c2 sqrt(S), c1 = (1 - b1) / (1 - b1^t),
+        c2 = sqrt((1 - b2) / (1 - b2^t)),  so  p -= (lr c1 / c2) * M / (sqrt(S) + eps / c2).
+    The state arrays are M and S, named "m_sum" and "v_sum" (PyTorch's exp_avg is
+    (1 - b1) M, its exp_avg_sq (1 - b2) S); saving them as they are makes a resume exact.
     """
 
-    slots = ("m", "v")
+    slots = ("m_sum", "v_sum")
 
     def __init__(
         self,
@@ -131,27 +136,27 @@ class Adam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         super().__init__(params, lr)
 
     def _update(self) -> None:
         b1, b2 = self.betas
-        c2 = math.sqrt(1.0 - b2**self.t)
-        step_size = self.lr * c2 / (1.0 - b1**self.t)
-        eps = self.eps * c2
-        for p, m, v, tmp in zip(self.params, self.state["m"], self.state["v"], self._tmp):
+        c1 = (1.0 - b1) / (1.0 - b1**self.t)
+        c2 = math.sqrt((1.0 - b2) / (1.0 - b2**self.t))
+        step_size, eps = self.lr * c1 / c2, self.eps / c2
+        for p, M, S, tmp in zip(self.params, self.state["m_sum"], self.state["v_sum"], self._tmp):
             g = p.grad
-            m *= b1
-            np.multiply(g, 1.0 - b1, out=tmp)
-            m += tmp  # m = b1 m + (1 - b1) g
-            v *= b2
+            M *= b1
+            M += g  # M = b1 M + g
+            S *= b2
             np.square(g, out=tmp)
-            tmp *= 1.0 - b2
-            v += tmp  # v = b2 v + (1 - b2) g^2
-            np.sqrt(v, out=tmp)
+            S += tmp  # S = b2 S + g^2
+            np.sqrt(S, out=tmp)
             tmp += eps
-            np.divide(m, tmp, out=tmp)  # m / (sqrt(v) + eps')
+            np.divide(M, tmp, out=tmp)  # M / (sqrt(S) + eps / c2)
             tmp *= step_size
             p.value -= tmp
 
