@@ -9,23 +9,24 @@ explicit parameters. Out-of-image pixels and erased rectangles take ``fill`` (0 
 when the batch is on the raw pixel scale, which is how ``BatchLoader`` calls it: augment
 first, normalize after).
 
-How the warp is done, and why (measured on the 2-core dev box, torch 2.13 CPU,
-2 threads, full MNIST, batch 256, medians of 7 epochs; ``python benchmarks/loader.py``):
+How the warp is done, and why (default affine, batch 256, full MNIST, torch 2.13 CPU on the
+shared 2-core dev box; ``python benchmarks/loader.py``, medians, loader included):
 
-- ``F.affine_grid`` + ``F.grid_sample`` (the straightforward path): ~320k images/s. Most of the
-  time is ``affine_grid`` (~370 us per batch, a batched 784x3 @ 3x2 matmul), not the sampling
-  (~180 us).
-- a hand-written bilinear gather on a zero-padded flattened image (4 ``gather`` + 3 ``lerp``,
-  index math precomputed): ~160k/s; packing the 2x2 neighbourhood of a uint8 image into one
-  int32 so a single gather fetches all four corners: ~175k/s. Both lose to ``grid_sample``'s
-  fused, vectorized kernel because they make ~15-20 passes over the batch.
-- chosen: build the sampling grid ourselves as an outer sum ``rows (B,H,1,2) + cols (B,1,W,2)``
-  (the map is affine, so each grid row is the column term shifted by a per-row offset: one
-  full-size op instead of a matmul), fold translation, shear and the pixel/normalized-coordinate
-  change into that one 2x3 map, add the elastic displacement to the same grid, and let
-  ``grid_sample`` do one bilinear pass. The parameters are computed with a handful of ops on
-  ``(B,)`` vectors. Result: see the module docstring of ``benchmarks/loader.py`` and its output
-  (~620k images/s with the default affine, about 2x the straightforward path).
+- the straightforward path, theta in torch then ``F.affine_grid`` + ``F.grid_sample``:
+  ~110-125k images/s on 1 thread. ``affine_grid`` costs about twice ``grid_sample`` here
+  (a batched (784, 3) @ (3, 2) matmul per sample), and the dozen tiny torch ops that build
+  theta each pay dispatch (and on 2 threads, thread-pool) overhead.
+- a hand-written bilinear warp, 4 ``gather`` + 3 ``lerp`` on a zero-padded flattened image
+  with precomputed index math: ~37-43k/s on 1 thread; in a quiet moment on 2 threads ~160k/s,
+  and ~175k/s when one gather fetches all four corners of a uint8 pixel packed into an int32,
+  while the straightforward path did ~320k/s. They lose to ``grid_sample``'s fused,
+  vectorized kernel because they make 15-20 passes over the batch.
+- chosen: per-sample 2x3 maps computed in NumPy float64 (tiny, no torch dispatch), with
+  rotation, scale, shear, translation and the pixel-to-normalized change of coordinates
+  folded into one map; the grid, being linear in the map's 6 coefficients, is a single
+  (B, 6) @ (6, H*W*2) matmul (~55 us vs ~370 us for ``affine_grid`` at B=256); the elastic
+  displacement is added to that grid; one ``grid_sample`` pass does the bilinear resampling.
+  ~180-215k images/s on 1 thread, 1.65-1.75x the straightforward path.
 """
 
 from __future__ import annotations

@@ -181,16 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # commands that live with their own modules
     from .cli_data import add_data_parser
+    from .finetune import add_finetune_parser
+    from .predict import add_predict_parser
+    from .serve import add_serve_parser
 
-    add_data_parser(sub)
-    for module, names in (("predict", ("add_predict_parser", "add_serve_parser")),
-                          ("finetune", ("add_finetune_parser",))):
-        try:
-            mod = __import__(f"mnistlab.{module}", fromlist=list(names))
-        except ImportError:
-            continue
-        for n in names:
-            getattr(mod, n)(sub)
+    for add in (add_data_parser, add_finetune_parser, add_predict_parser, add_serve_parser):
+        add(sub)
     return parser
 
 

@@ -2,17 +2,21 @@
 
 Each epoch draws one permutation from a ``torch.Generator`` seeded with ``(seed, epoch)``, so
 epoch e's order depends on nothing else (set ``loader.epoch = e`` to replay it on resume).
-A batch is then one ``index_select`` of B rows of the uint8 images, and one op that converts
-to float32 and normalizes, ``(x/255 - mean)/std``, for the whole batch. With augmentation the
-batch is converted to float on the raw 0..255 scale (so 0 stays background, the
-augmentation's fill), augmented, and normalized in place.
+A batch is then an ``index_select`` of its B rows of the uint8 images and one op that converts
+to float32 and normalizes, ``shift + scale * x`` = ``(x/255 - mean)/std``. With augmentation
+the batch is converted to float on the raw 0..255 scale (so 0 stays background, the
+augmentation's fill), augmented as a whole, and normalized in place.
 
-Measured (2-core dev box, batch 64, full MNIST train, ``python benchmarks/loader.py``): about
-3M images/s, against ~23k/s for the ``torch.utils.data.DataLoader`` pattern of the official
-PyTorch MNIST example (a per-sample ``__getitem__``); see the benchmark for current figures.
-Per-batch gathering beats permuting the whole split up front: ``index_select`` of 55k rows
-costs ~12 ms per epoch while 860 gathers of 64 rows cost ~5 ms in total, and it needs no
-second copy of the split.
+Choices, measured at batch 64 on full MNIST (``python benchmarks/loader.py``):
+
+- gathering each batch beats permuting the whole split up front and slicing: the batch's rows
+  are converted while still in cache (on 1 thread, ~2.7M vs ~1.4M images/s), and there is no
+  second copy of the split;
+- with a CPU thread pool (more than one torch thread), the two ops run on pieces of at most
+  ``GRAIN`` elements (41 images of 28x28), which torch runs on the calling thread. Ops above
+  it wake the pool, and when other processes keep the other core busy that wake-up can wait a
+  scheduler slice: on the shared 2-core dev box whole-batch ops then fell to ~150k images/s
+  at 2 threads while the pieces kept ~0.9M. On one thread whole batches are used.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from mnistlab.augment import Augment
 
 __all__ = ["BatchLoader", "epoch_seed"]
 
-# Batches smaller than this many images are gathered, converted and augmented together, then
-# yielded as views: per-op overhead is amortized, and the float chunk (~800 KB) stays in cache.
-CHUNK = 256
+# torch runs an elementwise op or an index_select on the calling thread when it touches fewer
+# than this many elements (at::internal::GRAIN_SIZE), and in its thread pool otherwise
+GRAIN = 32768
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -88,6 +92,7 @@ class BatchLoader:
         # x/255 -> (x/255 - mean)/std as one op: shift + scale * x (uint8 in, float32 out)
         self._scale = 1.0 / (255.0 * self.std)
         self._shift = torch.tensor(-self.mean / self.std, device=self.device)
+        self._per_image = self.images[0].numel() if len(self.images) else 1
 
     def shard(self, rank: int, world_size: int) -> BatchLoader:
         """Yield only rank's share: every epoch's order, padded by wrapping around to a multiple
@@ -129,27 +134,29 @@ class BatchLoader:
         return self._batches(order)
 
     def _batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
-        if order is None:
-            labels = self.labels
-        else:
-            order = order.to(self.device)
-            labels = self.labels[order]  # (n,) permuted once; images are gathered per batch
-        n, b = len(labels), self.batch_size
+        b, shape = self.batch_size, self.images.shape[1:]
+        n = len(self.images) if order is None else len(order)
         stop = n - n % b if self.drop_last else n
-        step = b * max(1, CHUNK // b)  # small batches are prepared several at a time
-        for i in range(0, stop, step):
-            j = min(i + step, stop)
-            if order is None:
-                xc = self.images[i:j]  # a view: no copy
-            else:
-                xc = self.images.index_select(0, order[i:j])  # (n, 1, H, W) uint8
-            if self.augment is None:
-                xc = torch.add(self._shift, xc, alpha=self._scale)  # float32, normalized
-            else:
-                xc = self.augment(xc.float())  # on the raw 0..255 scale: 0 = background
-                xc = torch.add(self._shift, xc, alpha=self._scale, out=xc)  # in place
-            for k in range(i, j, b):
-                yield xc[k - i : k - i + b], labels[k : k + b]
+        if order is None:  # in order: each batch is a view of the resident images
+            sources, labels = self.images[:stop].split(b), self.labels[:stop].split(b)
+        else:  # each batch is gathered by its indices
+            order = order[:stop].to(self.device)
+            sources, labels = order.split(b), self.labels[order].split(b)
+        piece = b  # images per op; below the grain where a CPU thread pool could be woken
+        if self.device.type == "cpu" and torch.get_num_threads() > 1:
+            piece = max(1, (GRAIN - 1) // self._per_image)
+        gather = (lambda s: s) if order is None else (lambda s: self.images.index_select(0, s))
+        for src, y in zip(sources, labels, strict=True):
+            if self.augment is not None:
+                x = self.augment(gather(src).float())  # on the raw 0..255 scale: 0 = background
+                x = torch.add(self._shift, x, alpha=self._scale, out=x)  # normalize in place
+            elif len(y) <= piece:
+                x = torch.add(self._shift, gather(src), alpha=self._scale)  # uint8 -> normalized
+            else:  # the same, piece by piece into one batch
+                x = torch.empty((len(y), *shape), device=self.device)
+                for s, out in zip(src.split(piece), x.split(piece), strict=True):
+                    torch.add(self._shift, gather(s), alpha=self._scale, out=out)
+            yield x, y
 
     def state_dict(self) -> dict:
         """What an exact resume at an epoch boundary needs (the data order and the augment

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import mnistlab.loader
 from mnistlab.augment import Augment, augment_preset
 from mnistlab.loader import BatchLoader
 
@@ -30,10 +29,8 @@ def epoch_labels(loader: BatchLoader) -> torch.Tensor:
     return torch.cat([y for _, y in loader])
 
 
-@pytest.mark.parametrize("chunk", [32, 256])  # small batches are prepared `chunk` at a time
-@pytest.mark.parametrize("batch_size", [16, 30, 103, 300])
-def test_every_sample_exactly_once_per_epoch(data, batch_size, chunk, monkeypatch):
-    monkeypatch.setattr(mnistlab.loader, "CHUNK", chunk)
+@pytest.mark.parametrize("batch_size", [16, 30, 103, 300])  # 103, 300: several CPU pieces
+def test_every_sample_exactly_once_per_epoch(data, batch_size):
     loader = make(data, batch_size=batch_size)
     assert len(loader) == -(-N // batch_size)
     sizes = [batch_size] * (N // batch_size) + ([N % batch_size] if N % batch_size else [])
@@ -58,14 +55,28 @@ def test_no_shuffle_is_in_order(data):
     assert torch.equal(epoch_labels(loader), torch.arange(N))
 
 
-def test_batches_are_normalized_and_match_their_labels(data, monkeypatch):
-    monkeypatch.setattr(mnistlab.loader, "CHUNK", 32)  # several chunks per epoch
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_are_normalized_and_match_their_labels(data, shuffle):
     images, _ = data
-    for x, y in make(data):
+    for x, y in make(data, batch_size=50, shuffle=shuffle):  # 50: two CPU pieces per batch
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.shape == (len(y), 1, 28, 28)
         want = (torch.from_numpy(images[y.numpy()]).float()[:, None] / 255 - MEAN) / STD
         torch.testing.assert_close(x, want, rtol=0, atol=1e-5)
+
+
+def test_one_thread_and_thread_pool_paths_agree(data):
+    # with a CPU thread pool, batches are prepared in pieces below torch's parallel grain
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = list(make(data, batch_size=100))
+        torch.set_num_threads(2)
+        pool = list(make(data, batch_size=100))
+    finally:
+        torch.set_num_threads(threads)
+    for (x1, y1), (x2, y2) in zip(one, pool, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
 def test_same_seed_same_batches_and_orders_differ_by_epoch_and_seed(data):

@@ -87,39 +87,69 @@ class PyTorchExampleNet(Classifier):
         self._init_head(num_classes)
 
 
-def _conv_bn(cin: int, cout: int, pool: bool) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+class _Stem(nn.Module):
+    """Folds each r x r patch of the image into r*r channels (``pixel_unshuffle``: lossless,
+    (B, 1, 28, 28) -> (B, r*r, 28/r, 28/r)) and hands the map on in channels-last layout.
+
+    Channels-last is a memory layout, not a change of values: oneDNN's CPU convolutions run
+    these narrow layers about 2x faster in it than in NCHW (measured on 2 cores), and the layers
+    after a channels-last input keep it. Only the input is converted; weights stay as they are.
+    """
+
+    def __init__(self, fold: int):
+        super().__init__()
+        self.fold = fold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold > 1:
+            x = nn.functional.pixel_unshuffle(x, self.fold)  # (B, r*r, H/r, W/r)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def _conv_pool_bn(cin: int, cout: int) -> list[nn.Module]:
+    # max-pool before BN and ReLU: their memory-bound work runs on a quarter of the pixels
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
+            nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 @register("fast-cnn")
 class FastCNN(Classifier):
     """A small batch-normalized CNN designed for time-to-accuracy on a CPU.
 
-    Few channels keep the FLOPs low; batch norm lets it train at a high learning rate in
-    one short one-cycle schedule. Each block is conv 3x3 -> BN -> ReLU (-> 2x2 max-pool);
-    the last block's map is global-max-pooled into the features.
+    Attains 99.1x% mean MNIST test accuracy (5 seeds) in ~5 s of training on 2 CPU cores
+    with the `quick` recipe (2 epochs, Adam, one-cycle); see recipes/quick.toml and
+    benchmarks/time_to_accuracy.py.
+
+    stem: 28x28x1 -> 14x14x4 (pixel_unshuffle 2, lossless), so the first convolution runs
+    at 14x14 instead of 28x28: a 3x3 convolution there sees a 6x6 patch of the image. Then,
+    per width, conv 3x3 -> 2x2 max-pool -> BN -> ReLU (14 -> 7 -> 3 with the defaults), a
+    flatten (32*3*3 = 288), a dense layer and the head. On one epoch budget all the variants
+    tried (wider, deeper, full-resolution stem) ended within 0.1% of each other on validation;
+    a second epoch helped more than any width, so the network is kept as cheap as possible.
     """
 
     def __init__(
         self,
         *,
         num_classes: int = 10,
-        widths: tuple[int, ...] | list[int] = (16, 32, 64),
-        dense: int = 0,  # optional hidden dense layer before the head (0: none)
+        widths: tuple[int, ...] | list[int] = (32, 32),
+        dense: int = 128,  # hidden dense layer before the head (0: none)
+        fold: int = 2,  # stem: fold r x r patches into channels (1: none)
     ):
         super().__init__()
-        self.config = dict(num_classes=num_classes, widths=list(widths), dense=dense)
+        self.config = dict(num_classes=num_classes, widths=list(widths), dense=dense, fold=fold)
         blocks: list[nn.Module] = []
-        cin = 1
-        for w in widths:
-            blocks.append(_conv_bn(cin, w, pool=True))
+        cin = fold * fold
+        for i, w in enumerate(widths):
+            stem = [_Stem(fold)] if i == 0 else []
+            blocks.append(nn.Sequential(*stem, *_conv_pool_bn(cin, w)))
             cin = w
-        blocks.append(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten()))
+        convs = nn.Sequential(*blocks)
+        flat = _flat_dim(convs)  # 288 = 32*3*3 with the defaults
         if dense:
-            blocks.append(nn.Sequential(nn.Linear(cin, dense), nn.ReLU()))
+            blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(flat, dense), nn.ReLU()))
+        else:
+            blocks[-1].append(nn.Flatten())
         self.backbone = nn.Sequential(*blocks)
-        self.feature_dim = dense or cin
+        self.feature_dim = dense or flat
         self._init_head(num_classes)

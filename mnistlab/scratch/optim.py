@@ -4,14 +4,18 @@ Each `step()` reads `param.grad` (overwritten by every backward pass, so there i
 zero_grad) and updates `param.value` in place. Conventions follow PyTorch's, so a step
 here matches `torch.optim` given the same gradient.
 
-Speed: updates are written as in-place ufuncs on arrays the optimizer owns, one pass per
-operation and no temporaries; for Adam on a 784x256 layer this update costs about as much
-as a forward matmul, so it is worth the care.
+Each optimizer is two small functions: `_coefficients()`, the scalars of this step, and
+`_kernel(coef, p, g, *state, tmp)`, the element-wise update, written as in-place ufuncs on
+arrays the optimizer owns (one pass per operation, nothing allocated). For Adam on a
+784x256 layer that update costs as much as a forward matmul, so it is worth the care;
+with `threads=2` the large arrays are cut in halves updated in parallel (NumPy releases
+the GIL inside ufuncs), which uses the core that BLAS leaves idle between matmuls.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,6 +28,7 @@ __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "make_optimizer"]
 # ~100x slower. Every FLUSH_EVERY steps, buffer entries below 2**32 * tiny are set to 0;
 # with a decay >= 0.71 (0.71**64 > 2**-32) no entry goes subnormal in between.
 FLUSH_EVERY = 64
+PARALLEL_MIN = 1 << 16  # elements; below this, handing work to a thread costs more than it saves
 
 
 class Optimizer:
@@ -31,26 +36,55 @@ class Optimizer:
 
     slots: tuple[str, ...] = ()  # names of the state arrays per parameter
 
-    def __init__(self, params: list[Param], lr: float) -> None:
+    def __init__(self, params: list[Param], lr: float, *, threads: int = 1) -> None:
         if lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.params = list(params)
         self.base_lr = float(lr)  # as constructed; schedules scale it
         self.lr = float(lr)  # the rate of the next step
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
         self._tmp = [np.empty_like(p.value) for p in self.params]  # scratch, not state
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        # The work of one step: (arrays for _kernel, run in the pool?). Arrays of a large
+        # parameter are cut into `threads` flat slices; the last slice runs here.
+        self._work: list[tuple[tuple[np.ndarray, ...], bool]] = []
+        for i, p in enumerate(self.params):
+            arrays = (p.value, p.grad, *(self.state[s][i] for s in self.slots), self._tmp[i])
+            if (
+                threads == 1
+                or p.value.size < PARALLEL_MIN
+                or not all(a.flags.c_contiguous for a in arrays)
+            ):
+                self._work.append((arrays, False))
+                continue
+            parts = [np.array_split(a.reshape(-1), threads) for a in arrays]  # views
+            for k in range(threads):
+                self._work.append((tuple(part[k] for part in parts), k < threads - 1))
 
     def step(self) -> None:
         self.t += 1
-        self._update()
+        coef = self._coefficients()
+        pending = [self._pool.submit(self._kernel, coef, *a) for a, bg in self._work if bg]
+        for arrays, in_pool in self._work:
+            if not in_pool:
+                self._kernel(coef, *arrays)
+        for future in pending:
+            future.result()
         if self.t % FLUSH_EVERY == 0:
             for bufs in self.state.values():
                 for buf in bufs:
-                    if np.issubdtype(buf.dtype, np.floating):
-                        np.copyto(buf, 0, where=np.abs(buf) < np.finfo(buf.dtype).tiny * 2**32)
+                    np.copyto(buf, 0, where=np.abs(buf) < np.finfo(buf.dtype).tiny * 2**32)
 
-    def _update(self) -> None:
+    def _coefficients(self) -> tuple:
+        """The scalars of this step (learning rate, bias corrections)."""
+        raise NotImplementedError
+
+    def _kernel(self, coef: tuple, p: np.ndarray, g: np.ndarray, *state_and_tmp) -> None:
+        """Update `p` in place from its gradient `g`, state arrays and a scratch array."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -84,33 +118,40 @@ class SGD(Optimizer):
     """p -= lr * g; with momentum mu: v = mu v + g, p -= lr * v;
     Nesterov: p -= lr * (g + mu v) (the gradient taken a step ahead, as in PyTorch)."""
 
-    slots = ("velocity",)
-
-    def __init__(self, params, lr: float, *, momentum: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        threads: int = 1,
+    ) -> None:
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov needs momentum > 0")
         self.momentum = float(momentum)
         self.nesterov = nesterov
-        if self.momentum == 0:
-            self.slots = ()
-        super().__init__(params, lr)
+        self.slots = ("velocity",) if self.momentum else ()
+        super().__init__(params, lr, threads=threads)
 
-    def _update(self) -> None:
-        mu, lr = self.momentum, self.lr
-        for i, p in enumerate(self.params):
-            tmp = self._tmp[i]
-            direction = p.grad
-            if mu:
-                v = self.state["velocity"][i]
-                v *= mu
-                v += p.grad  # v = mu v + g
-                direction = v
-                if self.nesterov:
-                    np.multiply(v, mu, out=tmp)
-                    tmp += p.grad  # g + mu v
-                    direction = tmp
-            np.multiply(direction, lr, out=tmp)
-            p.value -= tmp
+    def _coefficients(self) -> tuple:
+        return (self.lr, self.momentum)
+
+    def _kernel(self, coef, p, g, *state_and_tmp) -> None:
+        lr, mu = coef
+        *velocity, tmp = state_and_tmp
+        direction = g
+        if velocity:
+            (v,) = velocity
+            v *= mu
+            v += g  # v = mu v + g
+            direction = v
+            if self.nesterov:
+                np.multiply(v, mu, out=tmp)
+                tmp += g  # g + mu v
+                direction = tmp
+        np.multiply(direction, lr, out=tmp)
+        p -= tmp
 
 
 class Adam(Optimizer):
@@ -135,30 +176,32 @@ class Adam(Optimizer):
         *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        threads: int = 1,
     ) -> None:
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        super().__init__(params, lr)
+        super().__init__(params, lr, threads=threads)
 
-    def _update(self) -> None:
+    def _coefficients(self) -> tuple:
         b1, b2 = self.betas
         c1 = (1.0 - b1) / (1.0 - b1**self.t)
         c2 = math.sqrt((1.0 - b2) / (1.0 - b2**self.t))
-        step_size, eps = self.lr * c1 / c2, self.eps / c2
-        for p, M, S, tmp in zip(self.params, self.state["m_sum"], self.state["v_sum"], self._tmp):
-            g = p.grad
-            M *= b1
-            M += g  # M = b1 M + g
-            S *= b2
-            np.square(g, out=tmp)
-            S += tmp  # S = b2 S + g^2
-            np.sqrt(S, out=tmp)
-            tmp += eps
-            np.divide(M, tmp, out=tmp)  # M / (sqrt(S) + eps / c2)
-            tmp *= step_size
-            p.value -= tmp
+        return (b1, b2, self.lr * c1 / c2, self.eps / c2)
+
+    def _kernel(self, coef, p, g, M, S, tmp) -> None:
+        b1, b2, step_size, eps = coef
+        M *= b1
+        M += g  # M = b1 M + g
+        S *= b2
+        np.square(g, out=tmp)
+        S += tmp  # S = b2 S + g^2
+        np.sqrt(S, out=tmp)
+        tmp += eps
+        np.divide(M, tmp, out=tmp)  # M / (sqrt(S) + eps / c2)
+        tmp *= step_size
+        p -= tmp  # p -= (lr c1 / c2) M / (sqrt(S) + eps / c2)
 
 
 class RMSprop(Optimizer):
@@ -167,29 +210,32 @@ class RMSprop(Optimizer):
 
     slots = ("v",)
 
-    def __init__(self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(
+        self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8, threads: int = 1
+    ) -> None:
         self.alpha = float(alpha)
         self.eps = float(eps)
-        super().__init__(params, lr)
+        super().__init__(params, lr, threads=threads)
 
-    def _update(self) -> None:
-        a = self.alpha
-        for p, v, tmp in zip(self.params, self.state["v"], self._tmp):
-            g = p.grad
-            v *= a
-            np.square(g, out=tmp)
-            tmp *= 1.0 - a
-            v += tmp  # v = a v + (1 - a) g^2
-            np.sqrt(v, out=tmp)
-            tmp += self.eps
-            np.divide(g, tmp, out=tmp)  # g / (sqrt(v) + eps)
-            tmp *= self.lr
-            p.value -= tmp
+    def _coefficients(self) -> tuple:
+        return (self.alpha, self.lr, self.eps)
+
+    def _kernel(self, coef, p, g, v, tmp) -> None:
+        a, lr, eps = coef
+        v *= a
+        np.square(g, out=tmp)
+        tmp *= 1.0 - a
+        v += tmp  # v = a v + (1 - a) g^2
+        np.sqrt(v, out=tmp)
+        tmp += eps
+        np.divide(g, tmp, out=tmp)  # g / (sqrt(v) + eps)
+        tmp *= lr
+        p -= tmp
 
 
 def make_optimizer(name: str, params: list[Param], lr: float, **kw) -> Optimizer:
     """`name`: "sgd", "momentum" (SGD, momentum 0.9 unless given), "nesterov", "adam",
-    "rmsprop". Extra keywords go to the optimizer (betas, eps, alpha, momentum)."""
+    "rmsprop". Extra keywords go to the optimizer (betas, eps, alpha, momentum, threads)."""
     key = name.lower()
     if key == "sgd":
         return SGD(params, lr, **kw)

@@ -131,7 +131,9 @@ def fit(
         t0 = time.perf_counter()
         for k, start in enumerate(range(0, n, batch_size)):
             idx = perm[start : start + batch_size]
-            x = np.take(x_train, idx, axis=0, out=xb[: len(idx)])  # (B, 784) gathered
+            # (B, 784) gathered into the reused buffer; mode="clip" skips the bounds check
+            # that makes np.take buffer its output (the indices are a permutation)
+            x = np.take(x_train, idx, axis=0, out=xb[: len(idx)], mode="clip")
             y = y_train[idx]  # (B,)
 
             # forward: logits and the loss
