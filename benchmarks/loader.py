@@ -118,7 +118,12 @@ def main() -> None:
         ds = load("mnist-5k", "train")
     n = len(ds.images)
     print(f"{ds.name}/{ds.split}: {n} images, torch {torch.__version__}, {args.threads} threads")
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    load_avg = os.getloadavg()[0]
+    print(f"load average before: {load_avg:.2f} on {os.cpu_count()} CPUs")
+    if args.threads > 1 and load_avg > 0.5:
+        print("warning: other processes are using the CPUs; with more than one torch thread")
+        print("  every op that wakes torch's thread pool may wait for a core, and figures can")
+        print("  be 10-100x low. Rerun when the machine is quiet, or compare with --threads 1.")
 
     ref_ds = ExampleDataset(ds.images, ds.labels, ds.mean, ds.std)
     ref_idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.ref_samples]
@@ -128,8 +133,8 @@ def main() -> None:
     cfg = AugmentConfig()
     kw = dict(mean=ds.mean, std=ds.std)
     b = args.batch
-    rows = {  # name: (batch size, one epoch's iterable factory)
-        "reference DataLoader (official example)": (64, lambda: ref),
+    rows = {  # name: (batch size, iterable over one epoch)
+        "reference DataLoader (official example)": (64, ref),
         "BatchLoader, no augmentation": (
             64,
             BatchLoader(ds.images, ds.labels, batch_size=64, **kw),
@@ -150,17 +155,17 @@ def main() -> None:
         ),
     }
     rates: dict[str, list[float]] = {name: [] for name in rows}
-    for _bs, it in rows.values():  # warm-up
-        epoch_rate(it() if callable(it) else it)
-    for _ in range(args.repeats):
-        for name, (_bs, it) in rows.items():
-            rates[name].append(epoch_rate(it() if callable(it) else it))
+    for _bs, batches in rows.values():  # warm-up
+        epoch_rate(batches)
+    for _ in range(args.repeats):  # interleaved, so that outside load hits every row alike
+        for name, (_bs, batches) in rows.items():
+            rates[name].append(epoch_rate(batches))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
     med = {name: statistics.median(r) for name, r in rates.items()}
     ref_rate = med["reference DataLoader (official example)"]
     print(f"\n{'method':42s} {'batch':>5s} {'images/s':>11s} {'min..max':>21s} {'x ref':>7s}")
-    for name, (bs, _it) in rows.items():
+    for name, (bs, _batches) in rows.items():
         lo, hi = min(rates[name]), max(rates[name])
         print(
             f"{name:42s} {bs:5d} {med[name]:11,.0f} {lo:10,.0f}..{hi:<10,.0f} "

@@ -95,7 +95,8 @@ def _peft() -> Any:
     try:
         import peft
     except ImportError:
-        raise ConfigError("mode lora needs Hugging Face PEFT: pip install 'mnistlab[lora]'") from None
+        raise ConfigError("mode lora needs Hugging Face PEFT: "
+                          "pip install 'mnistlab[lora]'") from None
     return peft
 
 
@@ -216,11 +217,17 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
     model = parent.model
     kind, k = parse_mode(ft.mode)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    default_name = f"{pmeta['model']}-ft-{kind}{k or ''}-{cfg.dataset.replace(':', '_')}-{stamp}"
     cfg = cfg.replace(
         model=pmeta["model"],
         model_args={a: v for a, v in pmeta["model_args"].items() if a != "num_classes"},
-        name=cfg.name or f"{pmeta['model']}-ft-{kind}{k or ''}-{cfg.dataset.replace(':', '_')}-{stamp}",
+        name=cfg.name or default_name,
     )
+
+    blocks = [b for b in model.blocks() if any(True for _ in b.parameters())]
+    if kind == "partial" and k > len(blocks):
+        raise ConfigError(f"mode: partial:{k} asks for more blocks than {pmeta['model']!r} has "
+                          f"({len(blocks)} with weights); use full, or K <= {len(blocks)}")
 
     # --- a new head for the target's classes (seeded, like the adapters below)
     torch.manual_seed(cfg.seed)
@@ -229,10 +236,6 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
     model.reset_head(len(target.classes))
 
     # --- what trains: stages of parameters, top (next to the head) first
-    blocks = [b for b in model.blocks() if any(True for _ in b.parameters())]
-    if kind == "partial" and k > len(blocks):
-        raise ConfigError(f"mode: partial:{k} asks for more blocks than {pmeta['model']!r} has "
-                          f"({len(blocks)} with weights); use full, or K <= {len(blocks)}")
     n_blocks = {"full": len(blocks), "partial": k}.get(kind, 0)
     stages = [list(b.parameters()) for b in reversed(blocks[len(blocks) - n_blocks:])]
     if kind == "full":  # any weight outside blocks() and the head joins with the last stage
@@ -294,7 +297,7 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
 
     meta: dict[str, Any] = {
         "parent": {
-            "path": str(parent.path),
+            "path": str(parent.path.resolve()),
             "model": pmeta["model"],
             "dataset": pmeta.get("dataset"),
             "classes": pmeta["classes"],
@@ -342,10 +345,12 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the pretrained weights (full, partial)")
     p.add_argument("--unfreeze-every", type=int, default=0, metavar="N",
                    help="gradual unfreezing: one more block every N epochs, head first")
-    p.add_argument("--lora-rank", type=int, default=8, metavar="R")
+    p.add_argument("--lora-rank", type=int, default=8, metavar="R",
+                   help="lora: rank of each adapter (default 8)")
     p.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
-                   help="the update is (A / R) * B @ A_lora")
-    p.add_argument("--lora-dropout", type=float, default=0.0, metavar="P")
+                   help="lora: the adapter update is scaled by A / R (default 16)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
+                   help="lora: dropout on the adapters' input (default 0)")
     p.add_argument("--lora-targets", default="", metavar="NAMES",
                    help="comma-separated layer-name suffixes, e.g. qkv,proj,fc1,fc2 "
                    "(default: every Linear/Conv2d layer of the backbone)")

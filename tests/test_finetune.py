@@ -92,7 +92,7 @@ def test_frozen_weights_and_bn_statistics_stay_bit_identical(parent, tmp_path) -
     head_before = state(model.head)
     assert all(not p.requires_grad for b in frozen for p in b.parameters())
     train(prep.cfg, hooks=prep.hooks, log=quiet)
-    for b, st in zip(frozen, before):
+    for b, st in zip(frozen, before, strict=True):
         after = b.state_dict()
         for k, v in st.items():
             assert torch.equal(after[k], v), f"{k} changed"  # incl. running_mean/var, count
