@@ -7,17 +7,18 @@ to float32 and normalizes, ``shift + scale * x`` = ``(x/255 - mean)/std``. With 
 the batch is converted to float on the raw 0..255 scale (so 0 stays background, the
 augmentation's fill), augmented as a whole, and normalized in place.
 
-Choices, measured at batch 64 on full MNIST (``python benchmarks/loader.py``; 1 thread:
-2.2M images/s, 37x the ~59k/s of the ``DataLoader`` pattern of the official PyTorch example):
+Choices, measured at batch 64 on full MNIST (``python benchmarks/loader.py``, shared 2-core
+dev box): 2.1-2.2M images/s on 1 thread, ~37x the ``DataLoader`` pattern of the official
+PyTorch example (55-59k/s here; ~33k/s while other processes load the box).
 
 - gathering each batch beats permuting the whole split up front and slicing: the batch's rows
   are converted while still in cache (on 1 thread, ~2.7M vs ~1.4M images/s for the two ops
   alone), and there is no second copy of the split;
-- with a CPU thread pool (more than one torch thread), the two ops run on pieces of at most
-  ``GRAIN`` elements (41 images of 28x28), which torch runs on the calling thread. Ops above
-  it wake the pool, and when other processes keep the other core busy that wake-up can wait a
-  scheduler slice: on the shared 2-core dev box whole-batch ops then fell to ~150k images/s
-  at 2 threads while the pieces kept ~0.9M. On one thread whole batches are used.
+- with a CPU thread pool (more than one torch thread), every op runs on at most ``GRAIN``
+  elements (pieces of 41 images of 28x28), which torch runs on the calling thread. Ops above
+  it wake the pool, and when other processes keep the other core busy the wake-up can wait a
+  scheduler slice: at 2 threads whole-batch ops then fell to 150-600k images/s, the pieces
+  kept 0.6-1.1M (1.3M with the box nearly quiet). On one thread whole batches are used.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class BatchLoader:
         stop = n - n % b if self.drop_last else n
         if order is None:  # in order: each batch is a view of the resident images
             sources, labels = self.images[:stop].split(b), self.labels[:stop].split(b)
-        else:  # each batch is gathered by its indices
-            order = order[:stop].to(self.device)
-            sources, labels = order.split(b), self.labels[order].split(b)
+        else:  # each batch is gathered by its indices (labels too: small ops, no thread pool)
+            sources = order[:stop].to(self.device).split(b)
+            labels = (self.labels.index_select(0, s) for s in sources)
         piece = b  # images per op; below the grain where a CPU thread pool could be woken
         if self.device.type == "cpu" and torch.get_num_threads() > 1:
             piece = max(1, (GRAIN - 1) // self._per_image)

@@ -4,6 +4,7 @@ LoRA merges exactly, training starts from the pretrained weights, bad parents ar
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,9 @@ def test_unknown_or_mismatched_checkpoints_are_refused(parent, tmp_path) -> None
             FinetuneConfig(str(parent), mode=bad)
     with pytest.raises(ConfigError, match="merge"):
         FinetuneConfig(str(parent), mode="full", merge=True)
+
+
+def test_lora_without_peft_says_how_to_install(parent, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'mnistlab\[lora\]'"):
+        prepare(FinetuneConfig(str(parent), mode="lora"), ft_config(tmp_path, "np"), log=quiet)

@@ -461,21 +461,3 @@ def test_adam_state_matches_torch_exp_avg():
     m, v = 0.1 * state["m_sum.w"], 0.001 * state["v_sum.w"]  # (1 - beta) * sum
     np.testing.assert_allclose(m, tstate["exp_avg"].numpy(), rtol=1e-12)
     np.testing.assert_allclose(v, tstate["exp_avg_sq"].numpy(), rtol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "rmsprop"])
-def test_threaded_update_is_identical(name):
-    rng = np.random.default_rng(0)
-    shape = (300, 257)  # above PARALLEL_MIN elements, cut into uneven slices
-
-    def run(threads: int) -> np.ndarray:
-        p = Param("w", np.ones(shape, np.float32), np.zeros(shape, np.float32), decay=True)
-        small = Param("b", np.ones(7, np.float32), np.zeros(7, np.float32), decay=False)
-        opt = make_optimizer(name, [p, small], lr=1e-2, threads=threads)
-        for g in grads:
-            p.grad[:], small.grad[:] = g, g[0, :7]
-            opt.step()
-        return np.concatenate([p.value.ravel(), small.value])
-
-    grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
-    np.testing.assert_array_equal(run(1), run(3))

@@ -7,15 +7,14 @@ here matches `torch.optim` given the same gradient.
 Each optimizer is two small functions: `_coefficients()`, the scalars of this step, and
 `_kernel(coef, p, g, *state, tmp)`, the element-wise update, written as in-place ufuncs on
 arrays the optimizer owns (one pass per operation, nothing allocated). For Adam on a
-784x256 layer that update costs as much as a forward matmul, so it is worth the care;
-with `threads=2` the large arrays are cut in halves updated in parallel (NumPy releases
-the GIL inside ufuncs), which uses the core that BLAS leaves idle between matmuls.
+784x256 layer that update costs as much as a forward matmul, so it is worth the care.
+(Cutting the large arrays in halves updated by two threads was tried, and measured no faster
+on 2 cores; OpenBLAS's idle worker threads busy-waiting between matmuls are a likely cause.)
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,7 +27,6 @@ __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "make_optimizer"]
 # ~100x slower. Every FLUSH_EVERY steps, buffer entries below 2**32 * tiny are set to 0;
 # with a decay >= 0.71 (0.71**64 > 2**-32) no entry goes subnormal in between.
 FLUSH_EVERY = 64
-PARALLEL_MIN = 1 << 16  # elements; below this, handing work to a thread costs more than it saves
 
 
 class Optimizer:
@@ -36,44 +34,26 @@ class Optimizer:
 
     slots: tuple[str, ...] = ()  # names of the state arrays per parameter
 
-    def __init__(self, params: list[Param], lr: float, *, threads: int = 1) -> None:
+    def __init__(self, params: list[Param], lr: float) -> None:
         if lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
         self.params = list(params)
         self.base_lr = float(lr)  # as constructed; schedules scale it
         self.lr = float(lr)  # the rate of the next step
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
         self._tmp = [np.empty_like(p.value) for p in self.params]  # scratch, not state
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
-        # The work of one step: (arrays for _kernel, run in the pool?). Arrays of a large
-        # parameter are cut into `threads` flat slices; the last slice runs here.
-        self._work: list[tuple[tuple[np.ndarray, ...], bool]] = []
-        for i, p in enumerate(self.params):
-            arrays = (p.value, p.grad, *(self.state[s][i] for s in self.slots), self._tmp[i])
-            if (
-                threads == 1
-                or p.value.size < PARALLEL_MIN
-                or not all(a.flags.c_contiguous for a in arrays)
-            ):
-                self._work.append((arrays, False))
-                continue
-            parts = [np.array_split(a.reshape(-1), threads) for a in arrays]  # views
-            for k in range(threads):
-                self._work.append((tuple(part[k] for part in parts), k < threads - 1))
+        # what _kernel reads and writes, per parameter: (value, grad, *state, scratch)
+        self._arrays = [
+            (p.value, p.grad, *(self.state[s][i] for s in self.slots), self._tmp[i])
+            for i, p in enumerate(self.params)
+        ]
 
     def step(self) -> None:
         self.t += 1
         coef = self._coefficients()
-        pending = [self._pool.submit(self._kernel, coef, *a) for a, bg in self._work if bg]
-        for arrays, in_pool in self._work:
-            if not in_pool:
-                self._kernel(coef, *arrays)
-        for future in pending:
-            future.result()
+        for arrays in self._arrays:
+            self._kernel(coef, *arrays)
         if self.t % FLUSH_EVERY == 0:
             for bufs in self.state.values():
                 for buf in bufs:
@@ -125,14 +105,13 @@ class SGD(Optimizer):
         *,
         momentum: float = 0.0,
         nesterov: bool = False,
-        threads: int = 1,
     ) -> None:
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov needs momentum > 0")
         self.momentum = float(momentum)
         self.nesterov = nesterov
         self.slots = ("velocity",) if self.momentum else ()
-        super().__init__(params, lr, threads=threads)
+        super().__init__(params, lr)
 
     def _coefficients(self) -> tuple:
         return (self.lr, self.momentum)
@@ -176,13 +155,12 @@ class Adam(Optimizer):
         *,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        threads: int = 1,
     ) -> None:
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        super().__init__(params, lr, threads=threads)
+        super().__init__(params, lr)
 
     def _coefficients(self) -> tuple:
         b1, b2 = self.betas
@@ -210,12 +188,10 @@ class RMSprop(Optimizer):
 
     slots = ("v",)
 
-    def __init__(
-        self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8, threads: int = 1
-    ) -> None:
+    def __init__(self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8) -> None:
         self.alpha = float(alpha)
         self.eps = float(eps)
-        super().__init__(params, lr, threads=threads)
+        super().__init__(params, lr)
 
     def _coefficients(self) -> tuple:
         return (self.alpha, self.lr, self.eps)
@@ -235,7 +211,7 @@ class RMSprop(Optimizer):
 
 def make_optimizer(name: str, params: list[Param], lr: float, **kw) -> Optimizer:
     """`name`: "sgd", "momentum" (SGD, momentum 0.9 unless given), "nesterov", "adam",
-    "rmsprop". Extra keywords go to the optimizer (betas, eps, alpha, momentum, threads)."""
+    "rmsprop". Extra keywords go to the optimizer (betas, eps, alpha, momentum)."""
     key = name.lower()
     if key == "sgd":
         return SGD(params, lr, **kw)
