@@ -4,11 +4,13 @@
 
 Both train a 784-256-10 ReLU network with Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8),
 batch 128, 10 epochs, shuffled each epoch, on the 60,000 official training images scaled to
-0..1 (float32 for both), and are tested on the 10,000 official test images. scikit-learn
+0..1, and are tested on the 10,000 official test images. scikit-learn gets its inputs the
+usual way, `images / 255.0` (float64; `--sklearn-float32` gives it float32 instead) and
 keeps its defaults otherwise (Glorot-uniform init, L2 alpha 1e-4 averaged over the batch);
-mnistlab uses He init and no L2. Times are training only (`fit`), evaluation excluded.
-With --repeats N the two are run alternately N times (so load from other processes hits
-both alike) and medians are reported. The last line printed is one JSON object.
+mnistlab works in float32 with He init and no L2. Times are training only (`fit`),
+evaluation excluded. With --repeats N the two are run alternately N times (so load from
+other processes hits both alike) and medians are reported. The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mnistlab.scratch import build_mlp, fit, make_optimizer, predict_logits
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test), x float32 (N, 784) in 0..1."""
+    """(train images, train labels, test images, test labels); images uint8 (N, 784)."""
     try:
         from mnistlab.data import load
     except ImportError:  # the data module is optional here: read the IDX files directly
@@ -45,11 +47,8 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
              _read_idx(Path(root, "mnist", f"{p}-labels-idx1-ubyte.gz")))
             for p in ("train", "t10k")
         ]  # fmt: skip
-    (xtr, ytr), (xte, yte) = [
-        (images.reshape(len(images), -1).astype(np.float32) / np.float32(255), labels)
-        for images, labels in pairs
-    ]
-    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+    (xtr, ytr), (xte, yte) = [(im.reshape(len(im), -1), lb.astype(np.int64)) for im, lb in pairs]
+    return xtr, ytr, xte, yte
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -61,9 +60,11 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def run_sklearn(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, float]:
+def run_sklearn(xtr, ytr, xte, yte, *, epochs: int, seed: int, dtype) -> tuple[float, float]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
+
+    xtr, xte = xtr / dtype(255.0), xte / dtype(255.0)  # uint8 / float64 is float64
 
     clf = MLPClassifier(
         hidden_layer_sizes=(256,),
@@ -87,6 +88,7 @@ def run_sklearn(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, f
 
 
 def run_numpy(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, float]:
+    xtr, xte = xtr / np.float32(255), xte / np.float32(255)  # float32
     model = build_mlp([784, 256, 10], activation="relu", init="he", seed=seed)
     opt = make_optimizer("adam", model.params(), lr=1e-3)
     t0 = time.perf_counter()
@@ -101,14 +103,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs; medians reported")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sklearn-float32", action="store_true", help="float32 inputs for sklearn")
     args = ap.parse_args()
+    sk_dtype = np.float32 if args.sklearn_float32 else np.float64
 
     xtr, ytr, xte, yte = load_mnist()
-    print(f"MNIST: train {xtr.shape}, test {xte.shape}; {args.epochs} epochs, batch 128, Adam 1e-3")
+    print(
+        f"MNIST: train {xtr.shape}, test {xte.shape}; {args.epochs} epochs, batch 128, "
+        f"Adam 1e-3; sklearn inputs {np.dtype(sk_dtype).name}, mnistlab float32"
+    )
+    runners = {
+        "sklearn": lambda: run_sklearn(
+            xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed, dtype=sk_dtype
+        ),
+        "numpy": lambda: run_numpy(xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed),
+    }
     runs: dict[str, list[tuple[float, float]]] = {"sklearn": [], "numpy": []}
     for r in range(args.repeats):
-        for name, fn in (("sklearn", run_sklearn), ("numpy", run_numpy)):
-            seconds, acc = fn(xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed)
+        for name, fn in runners.items():
+            seconds, acc = fn()
             runs[name].append((seconds, acc))
             print(f"  run {r + 1}/{args.repeats} {name:8s} train {seconds:7.2f} s  "
                   f"test accuracy {acc:.2f}%", flush=True)  # fmt: skip

@@ -193,12 +193,15 @@ def main() -> None:
     if ref is not None:
         speedup = ref["seconds"] / q_seconds
         ref_fraction = ref["flops"] / ref["seconds"] / (peak * 1e9)
-        print(f"reference: {ref['seconds']:.1f}s to {TARGET}% ({len(ref['epochs'])} epochs), "
-              f"{ref['flops'] / 1e12:.2f} TFLOP, {100 * ref_fraction:.1f}% of peak")
+        per_epoch = ref["seconds"] / len(ref["epochs"])
+        print(f"reference: {ref['seconds']:.1f}s to {TARGET}% ({len(ref['epochs'])} epochs, "
+              f"{per_epoch:.1f}s each), {ref['flops'] / 1e12:.2f} TFLOP, "
+              f"{100 * ref_fraction:.1f}% of peak")
         print(f"speedup: {speedup:.1f}x ({ref['seconds']:.1f}s / {q_seconds:.2f}s)")
         result.update(reference_seconds_to_99=round(ref["seconds"], 2),
                       speedup=round(speedup, 2), reference_reached=ref["reached"],
-                      reference_epochs=len(ref["epochs"]))
+                      reference_epochs=len(ref["epochs"]),
+                      reference_seconds_per_epoch=round(per_epoch, 2))
     result.update(peak_gflops=round(peak, 1), threads=torch.get_num_threads(),
                   load_avg=[round(v, 2) for v in os.getloadavg()])
     print(f"load average at the end: {load_avg()}")

@@ -11,9 +11,19 @@ so nothing overflows, and the largest term is exp(0) = 1, so the log never sees 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["SoftmaxCrossEntropy", "log_softmax", "softmax"]
+
+
+@functools.cache
+def _exp_floor(dtype: np.dtype) -> float:
+    """Trap: exp(-100) is a float32 subnormal, which x86 computes ~100x slower, and so is
+    p / B when p is near the smallest normal. Clipping exponents at log(tiny) + 16 (-71 in
+    float32) keeps both normal and changes no probability by more than 1e-30."""
+    return float(np.log(np.finfo(dtype).tiny)) + 16
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -33,26 +43,25 @@ class SoftmaxCrossEntropy:
 
     Fusing softmax with the loss gives the short gradient p - onehot(y) and avoids
     dividing by a probability that may be 0. No one-hot matrix is ever built: 1 is
-    subtracted at the label's column. Its arrays are reused between calls.
+    subtracted at the label's column. Its arrays are reused between calls. After forward,
+    `pred` holds each row's predicted class (argmax of the logits).
     """
 
     def forward(self, logits: np.ndarray, y: np.ndarray) -> float:
         B, C = logits.shape
-        dtype = logits.dtype
-        z = self._buf("_z", (B, C), dtype)
-        np.subtract(logits, logits.max(axis=1, keepdims=True), out=z)  # (B, C), max 0
         rows = self._rows(B)
+        # the row maximum through argmax (3x faster than max(axis=1) on 10 columns), which
+        # also gives the predictions: `self.pred`, for the accuracy
+        self.pred = np.argmax(logits, axis=1, out=self._buf("_pred", (B,), np.intp))
+        z = self._buf("_z", (B, C), logits.dtype)
+        np.subtract(logits, logits[rows, self.pred][:, None], out=z)  # (B, C), row max 0
         z_true = z[rows, y]  # (B,) shifted logit of each true class (a copy)
-        # Trap: exp(-100) is a float32 subnormal, which x86 computes ~100x slower, and so
-        # is p / B when p is near the smallest normal. Clipping the exponent at
-        # log(tiny) + 16 (-71 in float32) keeps both normal and changes p by < 1e-30.
-        np.maximum(z, np.log(np.finfo(dtype).tiny) + 16, out=z)
+        np.maximum(z, _exp_floor(z.dtype), out=z)  # see _exp_floor
         p = np.exp(z, out=z)  # (B, C) in (0, 1]
         s = p.sum(axis=1, keepdims=True)  # (B, 1) in [1, C]
-        loss = float(np.log(s).sum() - z_true.sum()) / B  # uses the unclipped z_true
         p /= s  # softmax probabilities
         self.p, self.y = p, y
-        return loss
+        return float(np.log(s).sum() - z_true.sum()) / B  # z_true is unclipped
 
     def backward(self) -> np.ndarray:  # -> dloss/dlogits (B, C)
         B = self.p.shape[0]
@@ -63,9 +72,14 @@ class SoftmaxCrossEntropy:
 
     __call__ = forward
 
-    def _buf(self, name: str, shape: tuple[int, int], dtype) -> np.ndarray:
+    def _buf(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         buf = self.__dict__.get(name)
-        if buf is None or buf.shape[0] < shape[0] or buf.shape[1] != shape[1] or buf.dtype != dtype:
+        if (
+            buf is None
+            or buf.shape[0] < shape[0]
+            or buf.shape[1:] != shape[1:]
+            or buf.dtype != dtype
+        ):
             buf = np.empty(shape, dtype=dtype)
             setattr(self, name, buf)
         return buf[: shape[0]]

@@ -60,7 +60,7 @@ def evaluate(
             logits = model.forward(x[i : i + batch_size])
             yb = y[i : i + batch_size]
             loss_sum += loss_fn(logits, yb) * len(yb)
-            correct += int((logits.argmax(axis=1) == yb).sum())
+            correct += int(np.count_nonzero(loss_fn.pred == yb))
     finally:
         model.train(was_training)
     return loss_sum / len(x), correct / len(x)
@@ -150,7 +150,7 @@ def fit(
             opt.step()
 
             loss_sum += loss * len(idx)
-            correct += int((logits.argmax(axis=1) == y).sum())
+            correct += int(np.count_nonzero(loss_fn.pred == y))
             if bar is not None:
                 bar.update(len(idx))
                 if k % 25 == 0:
