@@ -322,6 +322,7 @@ def test_state_dict_round_trip_and_fresh_outputs():
     np.testing.assert_array_equal(a.forward(x), b.forward(x))
     assert sorted(a.state_dict()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     first = a.forward(x)
+    np.testing.assert_array_equal(first, a.forward(x.reshape(5, 1, 3, 4)))  # images flatten
     a.forward(2 * x)
     np.testing.assert_array_equal(first, b.forward(x))  # forward returns a fresh array
     with pytest.raises(ValueError, match="expected shape"):

@@ -267,6 +267,8 @@ class Sequential(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:  # (B, 784) -> logits (B, classes)
         x = np.asarray(x, dtype=self.dtype)  # no copy when it is already the model's dtype
+        if x.ndim > 2:  # images (B, 28, 28) or (B, 1, 28, 28): flatten each one
+            x = x.reshape(x.shape[0], -1)
         for layer in self.layers:
             x = layer.forward(x)
         return x.copy()  # a fresh array: the last layer's buffer is reused next call
