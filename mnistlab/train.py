@@ -133,7 +133,6 @@ class Hooks:
     lr_scales: dict[str, float] | None = None  # name prefix -> lr multiplier
     on_epoch_start: Callable[[int, torch.nn.Module, torch.optim.Optimizer], None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # extra checkpoint metadata (parent...)
-    export_model: Callable[[torch.nn.Module], tuple[torch.nn.Module, str, dict]] | None = None
 
 
 class RunLog:
