@@ -2,23 +2,24 @@
 
 Each epoch draws one permutation from a ``torch.Generator`` seeded with ``(seed, epoch)``, so
 epoch e's order depends on nothing else (set ``loader.epoch = e`` to replay it on resume).
-A batch is then an ``index_select`` of its B rows of the uint8 images and one op that converts
-to float32 and normalizes, ``shift + scale * x`` = ``(x/255 - mean)/std``. With augmentation
-the batch is converted to float on the raw 0..255 scale (so 0 stays background, the
-augmentation's fill), augmented as a whole, and normalized in place.
+Images are gathered by index (``index_select`` on the uint8 rows), converted to float32 on the
+raw 0..255 scale, augmented when asked (0 stays background, the augmentation's fill), and
+normalized in place as ``shift + scale * x`` = ``(x/255 - mean)/std``.
 
 Choices, measured at batch 64 on full MNIST (``python benchmarks/loader.py``, shared 2-core
-dev box): 2.1-2.2M images/s on 1 thread, ~37x the ``DataLoader`` pattern of the official
-PyTorch example (55-59k/s here; ~33k/s while other processes load the box).
+dev box, quiet): 3.6M images/s on 2 threads and 2.1M on 1, against 58-60k for the
+``DataLoader`` pattern of the official PyTorch example.
 
-- gathering each batch beats permuting the whole split up front and slicing: the batch's rows
-  are converted while still in cache (on 1 thread, ~2.7M vs ~1.4M images/s for the two ops
-  alone), and there is no second copy of the split;
-- with a CPU thread pool (more than one torch thread), every op runs on at most ``GRAIN``
-  elements (pieces of 41 images of 28x28), which torch runs on the calling thread. Ops above
-  it wake the pool, and when other processes keep the other core busy the wake-up can wait a
-  scheduler slice: at 2 threads whole-batch ops then fell to 150-600k images/s, the pieces
-  kept 0.6-1.1M (1.3M with the box nearly quiet). On one thread whole batches are used.
+- Without augmentation, whole batches are prepared ``CHUNK`` elements (256 images) at a time
+  and yielded as views of the chunk: at batch 64 one gather and one conversion per batch cost
+  more in per-op overhead than in work (1.3M images/s on 2 threads, 2.1M on 1, per batch).
+  256 images (0.8 MB of float32) was the best chunk of 128..1024: large enough to amortize
+  the ops, small enough to stay in cache until the batches are used.
+- Gathering each chunk beats permuting the whole split up front and slicing: the rows are
+  converted while still in cache, and there is no second copy of the split.
+- ``x.float()`` then an in-place ``shift + scale * x`` is ~15% faster than one ``torch.add``
+  from uint8 to float (that mixed-dtype op is not vectorized as well).
+- With augmentation the chunk is one batch: the augmentation draws per-batch parameters.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from mnistlab.augment import Augment
 
 __all__ = ["BatchLoader", "epoch_seed"]
 
-# torch runs an elementwise op or an index_select on the calling thread when it touches fewer
-# than this many elements (at::internal::GRAIN_SIZE), and in its thread pool otherwise
-GRAIN = 32768
+# elements converted per op without augmentation (256 images of 28x28: 0.8 MB of float32, which
+# stays in cache until the batches are used)
+CHUNK = 256 * 784
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -136,29 +137,24 @@ class BatchLoader:
         return self._batches(order)
 
     def _batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
-        b, shape = self.batch_size, self.images.shape[1:]
+        b = self.batch_size
         n = len(self.images) if order is None else len(order)
         stop = n - n % b if self.drop_last else n
-        if order is None:  # in order: each batch is a view of the resident images
-            sources, labels = self.images[:stop].split(b), self.labels[:stop].split(b)
-        else:  # each batch is gathered by its indices (labels too: small ops, no thread pool)
-            sources = order[:stop].to(self.device).split(b)
-            labels = (self.labels.index_select(0, s) for s in sources)
-        piece = b  # images per op; below the grain where a CPU thread pool could be woken
-        if self.device.type == "cpu" and torch.get_num_threads() > 1:
-            piece = max(1, (GRAIN - 1) // self._per_image)
-        gather = (lambda s: s) if order is None else (lambda s: self.images.index_select(0, s))
+        # without augmentation, whole batches are converted CHUNK images at a time and
+        # yielded as views: one gather and one conversion per chunk instead of per batch
+        chunk = b if self.augment is not None else max(b, CHUNK // self._per_image // b * b)
+        if order is None:  # in order: each chunk is a view of the resident images
+            sources, labels = self.images[:stop].split(chunk), self.labels[:stop].split(chunk)
+        else:  # gathered by index; the labels of the whole epoch in one op
+            order = order[:stop].to(self.device)
+            sources = (self.images.index_select(0, i) for i in order.split(chunk))
+            labels = self.labels.index_select(0, order).split(chunk)
         for src, y in zip(sources, labels, strict=True):
+            x = src.float()  # on the raw 0..255 scale: 0 = background, the augmentation's fill
             if self.augment is not None:
-                x = self.augment(gather(src).float())  # on the raw 0..255 scale: 0 = background
-                x = torch.add(self._shift, x, alpha=self._scale, out=x)  # normalize in place
-            elif len(y) <= piece:
-                x = torch.add(self._shift, gather(src), alpha=self._scale)  # uint8 -> normalized
-            else:  # the same, piece by piece into one batch
-                x = torch.empty((len(y), *shape), device=self.device)
-                for s, out in zip(src.split(piece), x.split(piece), strict=True):
-                    torch.add(self._shift, gather(s), alpha=self._scale, out=out)
-            yield x, y
+                x = self.augment(x)
+            torch.add(self._shift, x, alpha=self._scale, out=x)  # normalize in place
+            yield from zip(x.split(b), y.split(b), strict=True)
 
     def state_dict(self) -> dict:
         """What an exact resume at an epoch boundary needs (the data order and the augment

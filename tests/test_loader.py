@@ -29,7 +29,7 @@ def epoch_labels(loader: BatchLoader) -> torch.Tensor:
     return torch.cat([y for _, y in loader])
 
 
-@pytest.mark.parametrize("batch_size", [16, 30, 103, 300])  # 103, 300: several CPU pieces
+@pytest.mark.parametrize("batch_size", [16, 30, 100, 103, 300])  # 30, 100: several per chunk
 def test_every_sample_exactly_once_per_epoch(data, batch_size):
     loader = make(data, batch_size=batch_size)
     assert len(loader) == -(-N // batch_size)
@@ -58,7 +58,7 @@ def test_no_shuffle_is_in_order(data):
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_batches_are_normalized_and_match_their_labels(data, shuffle):
     images, _ = data
-    for x, y in make(data, batch_size=50, shuffle=shuffle):  # 50: two CPU pieces per batch
+    for x, y in make(data, batch_size=50, shuffle=shuffle):  # 50: two batches from one chunk
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.shape == (len(y), 1, 28, 28)
         want = (torch.from_numpy(images[y.numpy()]).float()[:, None] / 255 - MEAN) / STD
@@ -66,7 +66,7 @@ def test_batches_are_normalized_and_match_their_labels(data, shuffle):
 
 
 def test_one_thread_and_thread_pool_paths_agree(data):
-    # with a CPU thread pool, batches are prepared in pieces below torch's parallel grain
+    # ops above torch's parallel grain run in its thread pool: same results either way
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
