@@ -69,11 +69,9 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
 
     train, val = load_splits(cfg)
 
-    def flat(images: np.ndarray) -> np.ndarray:  # (N, 28, 28) uint8 -> (N, 784) normalized
-        x = images.reshape(len(images), -1).astype(np.float32) / 255.0
-        return (x - np.float32(train.mean)) / np.float32(train.std)
-
-    x_train, x_val = flat(train.images), flat(val.images)
+    # raw uint8 pixels; fit normalizes each batch ((x/255 - mean)/std) as it gathers it
+    x_train = train.images.reshape(len(train), -1)
+    x_val = val.images.reshape(len(val), -1)
     args = {**DEFAULT_ARGS, **cfg.model_args}
     sizes = [784, *args.pop("hidden"), train.num_classes]
     model = scratch.build_mlp(sizes, seed=cfg.seed, **args)
@@ -115,7 +113,8 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
         batch_size=cfg.batch_size, l2=cfg.l2, lr_decay=decay,
         patience=cfg.patience if cfg.early_stop != "none" else None,
         monitor=cfg.early_stop if cfg.early_stop != "none" else "val_loss",
-        seed=cfg.seed, on_epoch=on_epoch, progress=cfg.progress)
+        seed=cfg.seed, on_epoch=on_epoch, progress=cfg.progress,
+        pixel_norm=(train.mean, train.std))
     if result["stopped_early"]:
         log(f"early stopping: best epoch {result['best_epoch']}")
     write_report(run_dir, eval_test=cfg.eval_test, log=log, train_seconds=result["train_seconds"])

@@ -462,3 +462,27 @@ def test_adam_state_matches_torch_exp_avg():
     m, v = 0.1 * state["m_sum.w"], 0.001 * state["v_sum.w"]  # (1 - beta) * sum
     np.testing.assert_allclose(m, tstate["exp_avg"].numpy(), rtol=1e-12)
     np.testing.assert_allclose(v, tstate["exp_avg_sq"].numpy(), rtol=1e-12)
+
+
+def test_raw_pixels_with_pixel_norm_train_like_normalized_floats():
+    """uint8 input + pixel_norm normalizes each gathered batch: the same training as
+    normalizing the whole set up front (up to float rounding), and bad input is refused."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (300, 784), dtype=np.uint8)
+    y = rng.integers(0, 10, 300)
+    mean, std = 0.13, 0.31
+    floats = ((raw / 255.0 - mean) / std).astype(np.float32)
+
+    def run(x, x_val, **kw) -> tuple[dict[str, np.ndarray], dict]:
+        model = build_mlp([784, 32, 10], seed=0)
+        opt = make_optimizer("adam", model.params(), lr=1e-3)
+        res = fit(model, opt, x, y, x_val, y[:50], epochs=2, batch_size=64, seed=3,
+                  progress=False, **kw)  # fmt: skip
+        return model.state_dict(), res["history"][-1]
+
+    (wa, ra), (wb, rb) = run(floats, floats[:50]), run(raw, raw[:50], pixel_norm=(mean, std))
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=0, atol=1e-5)
+    assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="pixel_norm needs uint8"):
+        run(floats, None, pixel_norm=(mean, std))

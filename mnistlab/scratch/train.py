@@ -84,6 +84,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
     start_epoch: int = 0,
+    pixel_norm: tuple[float, float] | None = None,
 ) -> dict:
     """Train `model` with `opt` for up to `epochs` passes over the training set.
 
@@ -95,6 +96,10 @@ def fit(
                init and dropout.
     on_epoch:  called after each epoch with that epoch's record (the keys below).
     start_epoch: epochs already done (to resume: the schedule and shuffles continue).
+    pixel_norm: (mean, std) when `x_train`/`x_val` are raw uint8 pixels: each batch is
+               gathered as uint8 and converted to (x / 255 - mean) / std in a buffer. The
+               data stay 4x smaller, and gathering 128 random rows costs ~4x less memory
+               traffic than gathering float32 rows (about 5% of a step on MNIST).
 
     Returns {"history": [record per epoch], "best_epoch", "best", "stopped_early",
     "train_seconds"}; a record has epoch, train_loss, train_acc, val_loss, val_acc
@@ -106,7 +111,17 @@ def fit(
         raise ValueError("early stopping (patience) needs x_val and y_val")
     if monitor not in ("val_loss", "val_acc"):
         raise ValueError(f"monitor must be 'val_loss' or 'val_acc', got {monitor!r}")
-    x_train = np.ascontiguousarray(x_train, dtype=model.dtype)  # no copy if already so
+    if pixel_norm is not None:  # raw pixels: normalized batch by batch
+        mean, std = pixel_norm
+        if np.asarray(x_train).dtype != np.uint8:
+            raise ValueError(f"pixel_norm needs uint8 x_train, got {np.asarray(x_train).dtype}")
+        scale, shift = 1.0 / (255.0 * std), -mean / std  # (x/255 - mean)/std = scale x + shift
+        x_train = np.ascontiguousarray(x_train).reshape(len(x_train), -1)
+        if has_val:  # small: converted once
+            x_val = np.asarray(x_val).reshape(len(x_val), -1) * np.float32(scale)
+            x_val += np.float32(shift)
+    else:
+        x_train = np.ascontiguousarray(x_train, dtype=model.dtype)  # no copy if already so
     if has_val:
         x_val = np.ascontiguousarray(x_val, dtype=model.dtype)
     y_train = np.asarray(y_train, dtype=np.intp)
@@ -115,6 +130,7 @@ def fit(
     decayed = [p for p in model.params() if p.decay] if l2 else []
     l2_tmp = [np.empty_like(p.value) for p in decayed]
     xb = np.empty((min(batch_size, n), d), dtype=model.dtype)  # the batch, reused
+    ub = np.empty(xb.shape, dtype=x_train.dtype)  # the raw batch, when x_train is uint8
 
     history: list[dict] = []
     best: dict | None = None
@@ -133,7 +149,13 @@ def fit(
             idx = perm[start : start + batch_size]
             # (B, 784) gathered into the reused buffer; mode="clip" skips the bounds check
             # that makes np.take buffer its output (the indices are a permutation)
-            x = np.take(x_train, idx, axis=0, out=xb[: len(idx)], mode="clip")
+            if pixel_norm is None:
+                x = np.take(x_train, idx, axis=0, out=xb[: len(idx)], mode="clip")
+            else:  # gathered as uint8, then one pass to float (and one more if shift != 0)
+                u = np.take(x_train, idx, axis=0, out=ub[: len(idx)], mode="clip")
+                x = np.multiply(u, scale, out=xb[: len(idx)], dtype=model.dtype)
+                if shift:
+                    x += shift
             y = y_train[idx]  # (B,)
 
             # forward: logits and the loss
