@@ -61,3 +61,22 @@ def test_summary_counts_flops_and_params() -> None:
     assert s["flops"] == 2 * (784 * 100 + 100 * 10)
     linear_rows = [r for r in s["rows"] if r["type"] == "Linear"]
     assert [r["output"] for r in linear_rows] == [(1, 100), (1, 10)]
+
+
+@pytest.mark.parametrize("fold,channels", [(2, 1), (4, 1), (2, 3), (7, 2)])
+def test_fast_cnn_stem_is_pixel_unshuffle_in_channels_last(fold: int, channels: int) -> None:
+    from mnistlab.models.cnn import _Stem
+
+    x = torch.randn(5, channels, 28, 28)
+    y = _Stem(fold)(x)
+    assert torch.equal(y, torch.nn.functional.pixel_unshuffle(x, fold))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_cnn_flattens_in_hwc_order() -> None:
+    from mnistlab.models.cnn import _FlattenNHWC
+
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    flat = _FlattenNHWC()(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(flat, x.permute(0, 2, 3, 1).reshape(2, -1))
+    assert torch.equal(_FlattenNHWC()(x), flat)  # the order does not depend on the layout
