@@ -10,9 +10,9 @@ keeps its defaults otherwise (Glorot-uniform init, L2 alpha 1e-4 averaged over t
 mnistlab works in float32 with He init and no L2, and gets the raw uint8 pixels, scaling
 each batch to 0..1 (x / 255) as it gathers it, inside its timed region (adding sklearn's
 tiny L2, 7.8e-7 in mnistlab's units, costs it ~13%: 1.30 s instead of 1.14 s for 2 epochs).
-Times are training only (`fit`), evaluation excluded. With --repeats N the two are run alternately N times (so load from
-other processes hits both alike) and medians are reported. The last line printed is one
-JSON object.
+Times are training only (`fit`), evaluation excluded. With --repeats N the two are run
+alternately N times (so load from other processes hits both alike) and medians are
+reported. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
