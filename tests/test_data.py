@@ -15,32 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import (  # tests/ is on sys.path (no __init__.py): pytest puts it there
+    TINY_CLASSES,
+    dead_url,
+    flaky,
+    http_server,
+    make_tiny,
+    send_bytes,
+    send_status,
+    stall,
+)
 
 from mnistlab import cli_data, data, plots
 from mnistlab.data import DataError
-
-try:
-    from helpers_data import (
-        TINY_CLASSES,
-        dead_url,
-        flaky,
-        http_server,
-        make_tiny,
-        send_bytes,
-        send_status,
-        stall,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.helpers_data import (
-        TINY_CLASSES,
-        dead_url,
-        flaky,
-        http_server,
-        make_tiny,
-        send_bytes,
-        send_status,
-        stall,
-    )
 
 FULL_DIR = os.environ.get(data.ENV_VAR)  # read before the isolation fixture clears it
 full_data = pytest.mark.skipif(

@@ -9,11 +9,10 @@ drawn cleanly.
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from helpers_images import png_header_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -200,14 +199,6 @@ def test_blank_images_are_reported(img: Image.Image) -> None:
         preprocess_image(to_bytes(img))
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares huge dimensions but holds (almost) no data: a bomb's header."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def test_bad_data_gives_clear_errors(tmp_path) -> None:

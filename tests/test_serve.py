@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers_images import png_header_only  # noqa: E402
 
 from mnistlab.preprocess import preprocess_image  # noqa: E402
 from mnistlab.serve.app import create_app  # noqa: E402
@@ -40,14 +39,6 @@ def digit_image() -> Image.Image:
     return img
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A valid PNG header declaring huge dimensions, with no pixel data to speak of."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 DIGIT = png(digit_image())

@@ -71,17 +71,17 @@ class Module:
         return self.forward(x)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A reusable array of `shape`: the first `B` rows of a buffer grown on demand."""
-        buf = self.__dict__.get(name)
-        if (
-            buf is None
-            or buf.shape[0] < shape[0]
-            or buf.shape[1:] != shape[1:]
-            or buf.dtype != dtype
-        ):
-            buf = np.empty(shape, dtype=dtype)
-            setattr(self, name, buf)
-        return buf[: shape[0]]
+        return reusable_buffer(self, name, shape, dtype)
+
+
+def reusable_buffer(owner: object, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable array of `shape` kept as `owner.<name>`: the first `B` rows of a buffer
+    grown on demand (a larger batch reallocates it; a smaller one gets a view)."""
+    buf = owner.__dict__.get(name)
+    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:] or buf.dtype != dtype:
+        buf = np.empty(shape, dtype=dtype)
+        setattr(owner, name, buf)
+    return buf[: shape[0]]
 
 
 # ---------------------------------------------------------------- initialization

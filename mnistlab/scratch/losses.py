@@ -15,6 +15,8 @@ import functools
 
 import numpy as np
 
+from .layers import reusable_buffer
+
 __all__ = ["SoftmaxCrossEntropy", "log_softmax", "softmax"]
 
 
@@ -73,16 +75,7 @@ class SoftmaxCrossEntropy:
     __call__ = forward
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        buf = self.__dict__.get(name)
-        if (
-            buf is None
-            or buf.shape[0] < shape[0]
-            or buf.shape[1:] != shape[1:]
-            or buf.dtype != dtype
-        ):
-            buf = np.empty(shape, dtype=dtype)
-            setattr(self, name, buf)
-        return buf[: shape[0]]
+        return reusable_buffer(self, name, shape, dtype)
 
     def _rows(self, B: int) -> np.ndarray:
         rows = self.__dict__.get("_arange")
