@@ -8,7 +8,6 @@ best/last checkpoints, plots, report.md) as the torch loop, so `eval`, `predict`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def _unsupported(cfg: TrainConfig) -> str | None:
 
 def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path:
     from .report import write_report
-    from .train import default_run_name, load_splits
+    from .train import RunLog, default_run_name, load_splits
 
     problem = _unsupported(cfg)
     if problem:
@@ -84,12 +83,12 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
 
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     best_acc = -1.0
+    runlog = RunLog(run_dir, cfg.tensorboard)  # metrics.jsonl (+ TensorBoard), as the torch loop
 
     def on_epoch(rec: dict) -> None:
         nonlocal best_acc
         step = rec["epoch"] * steps_per_epoch
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"type": "epoch", "step": step, **rec}) + "\n")
+        runlog.write({"type": "epoch", "step": step, **rec})
         meta = base_meta(engine="numpy", model="numpy-mlp", model_args=model.config,
                          classes=list(train.classes),
                          normalization={"mean": train.mean, "std": train.std},
@@ -108,13 +107,16 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
             f"  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s ({rec['images_per_s']:,.0f} img/s)"
             + ("  *best*" if improved else ""))
 
-    result = scratch.fit(
-        model, opt, x_train, train.labels, x_val, val.labels, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, l2=cfg.l2, lr_decay=decay,
-        patience=cfg.patience if cfg.early_stop != "none" else None,
-        monitor=cfg.early_stop if cfg.early_stop != "none" else "val_loss",
-        seed=cfg.seed, on_epoch=on_epoch, progress=cfg.progress,
-        pixel_norm=(train.mean, train.std))
+    try:
+        result = scratch.fit(
+            model, opt, x_train, train.labels, x_val, val.labels, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, l2=cfg.l2, lr_decay=decay,
+            patience=cfg.patience if cfg.early_stop != "none" else None,
+            monitor=cfg.early_stop if cfg.early_stop != "none" else "val_loss",
+            seed=cfg.seed, on_epoch=on_epoch, progress=cfg.progress,
+            pixel_norm=(train.mean, train.std))
+    finally:
+        runlog.close()
     if result["stopped_early"]:
         log(f"early stopping: best epoch {result['best_epoch']}")
     write_report(run_dir, eval_test=cfg.eval_test, log=log, train_seconds=result["train_seconds"])
