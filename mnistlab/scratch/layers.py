@@ -32,7 +32,12 @@ __all__ = [
 
 
 class Param:
-    """A trainable array and its gradient (same shape and dtype)."""
+    """A trainable array and its gradient (same shape and dtype).
+
+    Layers read their weights through their Param on every call, because an optimizer
+    step *replaces* `value` with a new array (see optim.py: the update is written into a
+    second buffer and the two are swapped). Keep the Param, not the array.
+    """
 
     __slots__ = ("name", "value", "grad", "decay")
 
@@ -128,17 +133,24 @@ class Linear(Module):
         input_grad: bool = True,
     ) -> None:
         rng = np.random.default_rng() if rng is None else rng
-        self.W = init_weight(in_features, out_features, init, rng, dtype)  # (i, o)
-        self.b = np.zeros(out_features, dtype=dtype)  # (o,)
-        self.dW = np.zeros_like(self.W)
-        self.db = np.zeros_like(self.b)
+        W = init_weight(in_features, out_features, init, rng, dtype)  # (i, o)
+        b = np.zeros(out_features, dtype=dtype)  # (o,)
+        self.weight = Param("weight", W, np.zeros_like(W), decay=True)
+        self.bias = Param("bias", b, np.zeros_like(b), decay=False)
         self.input_grad = input_grad
         self.x: np.ndarray | None = None
 
+    # the arrays under their math names (read through the Params: see Param)
+    W = property(lambda self: self.weight.value)
+    b = property(lambda self: self.bias.value)
+    dW = property(lambda self: self.weight.grad)
+    db = property(lambda self: self.bias.grad)
+
     def forward(self, x: np.ndarray) -> np.ndarray:  # x (B, i) -> (B, o)
         self.x = x  # a reference, kept for dW
-        y = self._buffer("_y", (x.shape[0], self.W.shape[1]), self.W.dtype)
-        np.matmul(x, self.W, out=y)  # (B, o) = (B, i) @ (i, o)
+        W = self.W
+        y = self._buffer("_y", (x.shape[0], W.shape[1]), W.dtype)
+        np.matmul(x, W, out=y)  # (B, o) = (B, i) @ (i, o)
         y += self.b  # broadcast over the batch
         return y
 
@@ -152,10 +164,7 @@ class Linear(Module):
         return np.matmul(dy, self.W.T, out=dx)  # dx = dy W^T: (B, i) = (B, o) @ (o, i)
 
     def params(self) -> list[Param]:
-        return [
-            Param("weight", self.W, self.dW, decay=True),
-            Param("bias", self.b, self.db, decay=False),
-        ]
+        return [self.weight, self.bias]
 
     def __repr__(self) -> str:
         return f"Linear({self.W.shape[0]}, {self.W.shape[1]})"
@@ -257,10 +266,14 @@ class Dropout(Module):
 
 class Sequential(Module):
     """Layers applied in order. Parameter names follow their layer's index, like
-    `"0.weight"`, so a state dict reads the same as PyTorch's `nn.Sequential`."""
+    `"0.weight"`, so a state dict reads the same as PyTorch's `nn.Sequential` (a layer's
+    Params are renamed so when it joins: a layer belongs to one Sequential)."""
 
     def __init__(self, *layers: Module, config: dict | None = None) -> None:
         self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            for p in layer.params():
+                p.name = f"{i}.{p.name}"
         self.config = dict(config or {})  # the build_mlp arguments, to rebuild from a file
         ps = self.params()
         self.dtype = ps[0].value.dtype if ps else np.dtype(np.float32)
@@ -282,11 +295,7 @@ class Sequential(Module):
         return d
 
     def params(self) -> list[Param]:
-        out = []
-        for i, layer in enumerate(self.layers):
-            for p in layer.params():
-                out.append(Param(f"{i}.{p.name}", p.value, p.grad, decay=p.decay))
-        return out
+        return [p for layer in self.layers for p in layer.params()]
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode

@@ -1,13 +1,21 @@
 """Optimizers of the NumPy engine: SGD (plain, momentum, Nesterov), Adam, RMSprop.
 
 Each `step()` reads `param.grad` (overwritten by every backward pass, so there is no
-zero_grad) and updates `param.value` in place. Conventions follow PyTorch's, so a step
-here matches `torch.optim` given the same gradient.
+zero_grad) and sets `param.value` to the updated weights. Conventions follow PyTorch's, so
+a step here matches `torch.optim` given the same gradient.
 
 Each optimizer is two small functions: `_coefficients()`, the scalars of this step, and
-`_kernel(coef, p, g, *state, tmp)`, the element-wise update, written as in-place ufuncs on
-arrays the optimizer owns (one pass per operation, nothing allocated). For Adam on a
-784x256 layer that update costs as much as a forward matmul, so it is worth the care.
+`_kernel(coef, p, g, *state, out)`, the element-wise update, written as ufuncs into arrays
+the optimizer owns (one pass per operation, nothing allocated). For Adam on a 784x256
+layer that update costs as much as a forward matmul, so it is worth the care.
+
+Double buffering: the kernel writes the new weights into `out`, a second buffer, and
+`step()` swaps it with `param.value`, the old weights becoming the next step's scratch.
+Updating in place measured ~100 us slower per step on 2 cores (a whole step is ~1.1 ms):
+the forward matmul has just read the weights on the other core's BLAS thread, and each
+write to a cache line that another core holds must first invalidate its copy. Writing into
+a buffer last read a step earlier does not pay that. This is why layers read their
+weights through their Param (`param.value`) and nobody should keep the array itself.
 (Cutting the large arrays in halves updated by two threads was tried, and measured no faster
 on 2 cores; OpenBLAS's idle worker threads busy-waiting between matmuls are a likely cause.)
 """
@@ -42,18 +50,17 @@ class Optimizer:
         self.lr = float(lr)  # the rate of the next step
         self.t = 0  # steps taken
         self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
-        self._tmp = [np.empty_like(p.value) for p in self.params]  # scratch, not state
-        # what _kernel reads and writes, per parameter: (value, grad, *state, scratch)
-        self._arrays = [
-            (p.value, p.grad, *(self.state[s][i] for s in self.slots), self._tmp[i])
-            for i, p in enumerate(self.params)
-        ]
+        # the second buffer of each parameter: scratch, then the new value (not state)
+        self._spare = [np.empty_like(p.value) for p in self.params]
+        self._state_of = [tuple(self.state[s][i] for s in self.slots) for i in range(len(params))]
 
     def step(self) -> None:
         self.t += 1
         coef = self._coefficients()
-        for arrays in self._arrays:
-            self._kernel(coef, *arrays)
+        for i, p in enumerate(self.params):
+            out = self._spare[i]
+            self._kernel(coef, p.value, p.grad, *self._state_of[i], out)
+            self._spare[i], p.value = p.value, out  # swap: see "Double buffering" above
         if self.t % FLUSH_EVERY == 0:
             for bufs in self.state.values():
                 for buf in bufs:
@@ -63,8 +70,9 @@ class Optimizer:
         """The scalars of this step (learning rate, bias corrections)."""
         raise NotImplementedError
 
-    def _kernel(self, coef: tuple, p: np.ndarray, g: np.ndarray, *state_and_tmp) -> None:
-        """Update `p` in place from its gradient `g`, state arrays and a scratch array."""
+    def _kernel(self, coef: tuple, p: np.ndarray, g: np.ndarray, *state_and_out) -> None:
+        """Write the updated `p` into `out` (the last array; scratch until then), from the
+        gradient `g` and the state arrays (updated in place). `p` and `g` are not modified."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -116,9 +124,9 @@ class SGD(Optimizer):
     def _coefficients(self) -> tuple:
         return (self.lr, self.momentum)
 
-    def _kernel(self, coef, p, g, *state_and_tmp) -> None:
+    def _kernel(self, coef, p, g, *state_and_out) -> None:
         lr, mu = coef
-        *velocity, tmp = state_and_tmp
+        *velocity, out = state_and_out
         direction = g
         if velocity:
             (v,) = velocity
@@ -126,11 +134,11 @@ class SGD(Optimizer):
             v += g  # v = mu v + g
             direction = v
             if self.nesterov:
-                np.multiply(v, mu, out=tmp)
-                tmp += g  # g + mu v
-                direction = tmp
-        np.multiply(direction, lr, out=tmp)
-        p -= tmp
+                np.multiply(v, mu, out=out)
+                out += g  # g + mu v
+                direction = out
+        np.multiply(direction, lr, out=out)
+        np.subtract(p, out, out=out)  # p - lr * direction
 
 
 class Adam(Optimizer):
@@ -168,18 +176,18 @@ class Adam(Optimizer):
         c2 = math.sqrt((1.0 - b2) / (1.0 - b2**self.t))
         return (b1, b2, self.lr * c1 / c2, self.eps / c2)
 
-    def _kernel(self, coef, p, g, M, S, tmp) -> None:
+    def _kernel(self, coef, p, g, M, S, out) -> None:
         b1, b2, step_size, eps = coef
         M *= b1
         M += g  # M = b1 M + g
         S *= b2
-        np.square(g, out=tmp)
-        S += tmp  # S = b2 S + g^2
-        np.sqrt(S, out=tmp)
-        tmp += eps
-        np.divide(M, tmp, out=tmp)  # M / (sqrt(S) + eps / c2)
-        tmp *= step_size
-        p -= tmp  # p -= (lr c1 / c2) M / (sqrt(S) + eps / c2)
+        np.square(g, out=out)
+        S += out  # S = b2 S + g^2
+        np.sqrt(S, out=out)
+        out += eps
+        np.divide(M, out, out=out)  # M / (sqrt(S) + eps / c2)
+        out *= step_size
+        np.subtract(p, out, out=out)  # p - (lr c1 / c2) M / (sqrt(S) + eps / c2)
 
 
 class RMSprop(Optimizer):
@@ -196,17 +204,17 @@ class RMSprop(Optimizer):
     def _coefficients(self) -> tuple:
         return (self.alpha, self.lr, self.eps)
 
-    def _kernel(self, coef, p, g, v, tmp) -> None:
+    def _kernel(self, coef, p, g, v, out) -> None:
         a, lr, eps = coef
         v *= a
-        np.square(g, out=tmp)
-        tmp *= 1.0 - a
-        v += tmp  # v = a v + (1 - a) g^2
-        np.sqrt(v, out=tmp)
-        tmp += eps
-        np.divide(g, tmp, out=tmp)  # g / (sqrt(v) + eps)
-        tmp *= lr
-        p -= tmp
+        np.square(g, out=out)
+        out *= 1.0 - a
+        v += out  # v = a v + (1 - a) g^2
+        np.sqrt(v, out=out)
+        out += eps
+        np.divide(g, out, out=out)  # g / (sqrt(v) + eps)
+        out *= lr
+        np.subtract(p, out, out=out)  # p - lr g / (sqrt(v) + eps)
 
 
 def make_optimizer(name: str, params: list[Param], lr: float, **kw) -> Optimizer:
