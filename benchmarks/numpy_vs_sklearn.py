@@ -10,9 +10,14 @@ keeps its defaults otherwise (Glorot-uniform init, L2 alpha 1e-4 averaged over t
 mnistlab works in float32 with He init and no L2, and gets the raw uint8 pixels, scaling
 each batch to 0..1 (x / 255) as it gathers it, inside its timed region (adding sklearn's
 tiny L2, 7.8e-7 in mnistlab's units, costs it ~13%: 1.30 s instead of 1.14 s for 2 epochs).
-Times are training only (`fit`), evaluation excluded. With --repeats N the two are run
-alternately N times (so load from other processes hits both alike) and medians are
-reported. The last line printed is one JSON object.
+Both use the machine's cores: scikit-learn through its multithreaded BLAS, mnistlab (by
+default, `--workers 2`) through two processes that each own half of the first layer's rows
+(mnistlab/scratch/parallel.py), with one BLAS thread each. mnistlab in one process
+(`workers=1`, its multithreaded BLAS) is timed as well and printed for comparison; the
+JSON's numpy_* figures are the `--workers` run.
+Times are training only (`fit`, including starting the worker process), evaluation
+excluded. With --repeats N the runs alternate N times (so load from other processes hits
+all alike) and medians are reported. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def run_sklearn(xtr, ytr, xte, yte, *, epochs: int, seed: int, dtype) -> tuple[f
     return seconds, 100.0 * float((clf.predict(xte) == yte).mean())
 
 
-def run_numpy(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, float]:
+def run_numpy(xtr, ytr, xte, yte, *, epochs: int, seed: int, workers: int) -> tuple[float, float]:
     # the raw uint8 pixels: fit scales each batch to 0..1 (x / 255) as it gathers it, inside
     # the timed region; the test set is scaled up front
     xte = xte / np.float32(255)  # float32
@@ -97,7 +102,7 @@ def run_numpy(xtr, ytr, xte, yte, *, epochs: int, seed: int) -> tuple[float, flo
     opt = make_optimizer("adam", model.params(), lr=1e-3)
     t0 = time.perf_counter()
     fit(model, opt, xtr, ytr, epochs=epochs, batch_size=128, seed=seed, progress=False,
-        pixel_norm=(0.0, 1.0))  # fmt: skip
+        pixel_norm=(0.0, 1.0), workers=workers)  # fmt: skip
     seconds = time.perf_counter() - t0
     acc = 100.0 * float((predict_logits(model, xte).argmax(axis=1) == yte).mean())
     return seconds, acc
@@ -109,6 +114,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs; medians reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sklearn-float32", action="store_true", help="float32 inputs for sklearn")
+    ap.add_argument("--workers", type=int, default=2, choices=(1, 2),
+                    help="mnistlab processes for the reported figure (default 2)")  # fmt: skip
     args = ap.parse_args()
     sk_dtype = np.float32 if args.sklearn_float32 else np.float64
 
@@ -121,14 +128,20 @@ def main() -> None:
         "sklearn": lambda: run_sklearn(
             xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed, dtype=sk_dtype
         ),
-        "numpy": lambda: run_numpy(xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed),
+        "numpy": lambda: run_numpy(
+            xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed, workers=args.workers
+        ),
     }
-    runs: dict[str, list[tuple[float, float]]] = {"sklearn": [], "numpy": []}
+    if args.workers != 1:  # for comparison: mnistlab in one process
+        runners["numpy-1p"] = lambda: run_numpy(
+            xtr, ytr, xte, yte, epochs=args.epochs, seed=args.seed, workers=1
+        )
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for r in range(args.repeats):
         for name, fn in runners.items():
             seconds, acc = fn()
             runs[name].append((seconds, acc))
-            print(f"  run {r + 1}/{args.repeats} {name:8s} train {seconds:7.2f} s  "
+            print(f"  run {r + 1}/{args.repeats} {name:9s} train {seconds:7.2f} s  "
                   f"test accuracy {acc:.2f}%", flush=True)  # fmt: skip
 
     med = {
@@ -137,7 +150,12 @@ def main() -> None:
     }
     speedup = med["sklearn"][0] / med["numpy"][0]
     print(f"scikit-learn MLPClassifier: {med['sklearn'][0]:.2f} s, {med['sklearn'][1]:.2f}%")
-    print(f"mnistlab NumPy MLP:         {med['numpy'][0]:.2f} s, {med['numpy'][1]:.2f}%")
+    print(f"mnistlab NumPy MLP, {args.workers} process(es): "
+          f"{med['numpy'][0]:.2f} s, {med['numpy'][1]:.2f}%")  # fmt: skip
+    if "numpy-1p" in med:
+        one = med["numpy-1p"][0]
+        print(f"  (in one process: {one:.2f} s, {med['numpy-1p'][1]:.2f}%, "
+              f"{med['sklearn'][0] / one:.2f}x scikit-learn)")  # fmt: skip
     print(f"speedup {speedup:.2f}x (medians over {args.repeats} run(s))")
     print(
         json.dumps(

