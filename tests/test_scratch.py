@@ -282,6 +282,34 @@ def test_optimizers_match_torch(name, kw, torch_name):
     np.testing.assert_allclose(p.value, tp.detach().numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "rmsprop"])
+def test_optimizer_views_over_rows_step_like_the_whole(name):
+    # two views (rows [:3] with the bias, rows [3:]) stepping in turn == one whole step
+    rng = np.random.default_rng(0)
+
+    def params():
+        w = Param("w", np.ones((5, 4)), np.zeros((5, 4)), decay=True)
+        b = Param("b", np.zeros(4), np.zeros(4), decay=False)
+        return [w, b]
+
+    whole, split = params(), params()
+    opt = make_optimizer(name, whole, lr=0.1)
+    base = make_optimizer(name, split, lr=0.1)
+    top, bottom = base.view([(0, slice(0, 3)), (1, slice(None))]), base.view([(0, slice(3, None))])
+    for _ in range(4):
+        for p, q in zip(whole, split):
+            p.grad[...] = q.grad[...] = rng.standard_normal(p.grad.shape)
+        opt.step()
+        top.step()
+        bottom.step()
+    for p, q in zip(whole, split):
+        np.testing.assert_array_equal(q.value, p.value)  # bitwise: the same ufuncs per element
+    for k, v in opt.state_dict().items():
+        if k not in ("t",):
+            np.testing.assert_array_equal(base.state_dict()[k], v, err_msg=k)
+    assert top.t == bottom.t == opt.t == 4 and base.t == 0  # views count their own steps
+
+
 def test_optimizer_state_dict_resumes_exactly():
     def run(split: bool) -> np.ndarray:
         rng = np.random.default_rng(0)
