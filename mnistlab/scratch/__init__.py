@@ -6,7 +6,7 @@ torch (a test checks), and works in float32 unless a model is built with another
 
     model = build_mlp([784, 256, 10])
     opt = make_optimizer("adam", model.params(), lr=1e-3)
-    fit(model, opt, x_train, y_train, x_val, y_val, epochs=10)
+    fit(model, opt, x_train, y_train, x_val, y_val, epochs=10)  # workers=2: two processes
     logits = predict_logits(model, x_test)
 
 See docs/from-scratch.md for the math of each backward pass.

@@ -17,7 +17,9 @@ write to a cache line that another core holds must first invalidate its copy. Wr
 a buffer last read a step earlier does not pay that. This is why layers read their
 weights through their Param (`param.value`) and nobody should keep the array itself.
 (Cutting the large arrays in halves updated by two threads was tried, and measured no faster
-on 2 cores; OpenBLAS's idle worker threads busy-waiting between matmuls are a likely cause.)
+on 2 cores: thread hand-offs and the GIL cost what the second core saved. What did pay is
+two processes that each own and update half of the first layer's rows: `view()` and
+parallel.py.)
 """
 
 from __future__ import annotations
