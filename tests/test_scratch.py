@@ -568,13 +568,18 @@ def test_two_processes_train_like_one_with_l2_dropout_decay_and_validation():
 
 @two_processes
 def test_two_processes_on_raw_pixels_with_a_short_last_batch():
+    from threadpoolctl import threadpool_info
+
     from mnistlab.data import load
 
     ds = load("mnist-5k", "train")  # 3,600 images: 28 batches of 128 and one of 16
     x = ds.images.reshape(len(ds), -1)
+    blas_threads = [pool["num_threads"] for pool in threadpool_info()]
     one, two = _fit_twice(x, ds.labels, sizes=[784, 32, 10], epochs=2, batch_size=128,
                           pixel_norm=(ds.mean, ds.std))  # fmt: skip
     _assert_same_training(one, two, steps=2 * 29)
+    # the two-process mode ran with one BLAS thread, and gave the others back after
+    assert [pool["num_threads"] for pool in threadpool_info()] == blas_threads
 
 
 def _tiny_fit(**kw):
