@@ -20,7 +20,7 @@ Per step, for a batch of B images (the same batches in both, from the shared see
 
 Only two (B, H) arrays cross between the processes per step, through shared memory. The
 hand-offs are counters in shared memory that the waiting side polls (a few microseconds;
-an OS wake-up costs 20-50 us here, a sizeable part of a ~1 ms step). Polling relies on x86's
+waking a process that sleeps on a lock costs ~30 us here, a sizeable part of a ~1 ms step). Polling relies on x86's
 ordering of stores (data written before the counter is seen before it), so this mode is for
 x86-64 with fork (Linux). The optimizer state of the first layer lives in shared memory, so
 at the end of each epoch `opt` and the model hold the whole, current state as usual.

@@ -199,7 +199,6 @@ def fit(
             if patience is not None and stale >= patience:
                 stopped_early = True
                 break
-
     finally:
         step.close()
 
@@ -232,7 +231,7 @@ class Gather:
         self.x, self.norm = x, norm
         shape = (min(batch_size, len(x)), x.shape[1])
         self.out = np.empty(shape, dtype=dtype)  # the batch, reused
-        self.raw = np.empty(shape, dtype=x.dtype)  # the raw batch, when x is uint8
+        self.raw = None if norm is None else np.empty(shape, dtype=x.dtype)  # raw uint8 batch
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:  # -> (B, D)
         # mode="clip" skips the bounds check that makes np.take buffer its output
