@@ -127,11 +127,19 @@ class EarlyStopping:
 
 @dataclass
 class Hooks:
-    """What fine-tuning changes about a run (see finetune.py); plain training uses none."""
+    """What a derived run changes about the loop (fine-tuning, pruning, distillation,
+    tuning); plain training uses none. Every hook is optional."""
 
     model: torch.nn.Module | None = None  # a prepared model instead of create_model(...)
     lr_scales: dict[str, float] | None = None  # name prefix -> lr multiplier
     on_epoch_start: Callable[[int, torch.nn.Module, torch.optim.Optimizer], None] | None = None
+    # loss(logits, y, x) -> scalar tensor, replacing cross-entropy (e.g. distillation); the
+    # L1/L2 penalties are still added
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    after_step: Callable[[int, torch.nn.Module], None] | None = None  # (step, model), e.g.
+    # re-apply pruning masks after the optimizer moved the weights
+    on_epoch_end: Callable[[int, dict], None] | None = None  # (epoch, epoch record) after
+    # validation and checkpoints; may raise to stop the run (e.g. a pruned Optuna trial)
     meta: dict[str, Any] = field(default_factory=dict)  # extra checkpoint metadata (parent...)
 
 
@@ -288,7 +296,10 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
             # forward
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = step_fn(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if hooks.loss is not None:
+                    loss = hooks.loss(logits.float(), y, x)
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             total = loss + penalty(cfg, model)
             # backward and update
             optimizer.zero_grad(set_to_none=True)
@@ -300,6 +311,8 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            if hooks.after_step is not None:
+                hooks.after_step(step, model)
             # bookkeeping without a device sync on every step
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -337,6 +350,8 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         if is_best:
             save("best", val, epoch, with_state=False)
         save("last", val, epoch, with_state=True)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(epoch, rec)
         if stopper.should_stop:
             log(f"early stopping: no {cfg.early_stop} improvement for {cfg.patience} epochs; "
                 f"best epoch {stopper.best_epoch + 1}")

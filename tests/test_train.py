@@ -202,6 +202,28 @@ def test_early_stopping_stops_and_restores_best(tmp_path: Path, monkeypatch) -> 
     assert not torch.equal(best.model.head.weight, last.model.head.weight)
 
 
+def test_hooks_replace_the_loss_and_see_every_step_and_epoch(tmp_path: Path) -> None:
+    """A loss hook replaces cross-entropy (here: cross-entropy on shuffled labels, so the
+    net cannot learn), after_step sees every step, on_epoch_end every epoch's record."""
+    steps, records = [], []
+    perm = torch.tensor([3, 7, 1, 9, 0, 2, 8, 5, 4, 6])
+
+    def scrambled(logits, y, x):
+        assert x.shape[1:] == (1, 28, 28)
+        return F.cross_entropy(logits, perm[y])
+
+    hooks = train_mod.Hooks(loss=scrambled, after_step=lambda s, m: steps.append(s),
+                            on_epoch_end=lambda e, rec: records.append((e, rec["val_acc"])))
+    cfg = TrainConfig(**TINY, epochs=2, lr=3e-3, runs_dir=str(tmp_path), name="h")
+    run = train_mod.train(cfg, hooks=hooks, log=quiet)
+    per_epoch = -(-3600 // 128)  # mnist-5k: 4,000 train+val minus a 400 validation split
+    assert steps == list(range(1, 2 * per_epoch + 1))
+    assert [e for e, _ in records] == [0, 1]
+    # trained toward permuted labels, the model scores near zero on the true ones
+    assert records[-1][1] < 0.1
+    assert load_checkpoint(run).meta["metrics"]["val_acc"] < 0.1
+
+
 def test_divergence_guard_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     cfg = TrainConfig(**TINY, epochs=3, optimizer="sgd", lr=1e6, momentum=0.0,
                       runs_dir=str(tmp_path), name="nan", log_every=1)
