@@ -2,7 +2,8 @@
 
 A checkpoint ``NAME`` is ``NAME.json`` (metadata: model name and arguments, classes,
 normalization, dataset, split, seed, metrics, versions) next to ``NAME.<sha12>.safetensors``
-(torch weights) or ``NAME.<sha12>.npz`` (NumPy engine weights, read with
+(torch weights), ``NAME.<sha12>.mnc`` (pruned and quantized models in the compact format
+of compact.py) or ``NAME.<sha12>.npz`` (NumPy engine weights, read with
 ``allow_pickle=False``). Training state for ``--resume`` (optimizer, schedule, RNG, early
 stopping) goes to ``NAME.<sha12>.state.safetensors``, its non-tensor parts in the JSON.
 Every file is written to a temporary name and renamed; the JSON, renamed last, names the
@@ -147,8 +148,14 @@ def _sha256(data: bytes) -> str:
 
 
 def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
-                    train_state: dict[str, Any] | None = None) -> Path:
+                    train_state: dict[str, Any] | None = None,
+                    compact: dict[str, Any] | None = None) -> Path:
     """Write ``path``.json plus weights; ``model`` is a torch module or a NumPy-engine model.
+
+    ``compact``: write the weights in the compact format (compact.py) instead of
+    safetensors; its entries (state-dict name -> ``compact.QTensor``) are stored as integer
+    codes and scales, every other tensor as dense or bit-masked values. The model's own
+    tensors for those names must be the QTensors' ``dequantize()``: that is what loads back.
 
     Weight files are named after their content (``best.<sha12>.safetensors``) and the JSON,
     renamed into place last, is the commit point: a process killed at any moment leaves
@@ -158,7 +165,12 @@ def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
     path = Path(path)
     meta = dict(meta)
     meta.setdefault("engine", "torch")
-    if meta["engine"] == "numpy":
+    if compact is not None:
+        from . import compact as compact_mod
+
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        weights, suffix = compact_mod.encode({**state, **compact}), compact_mod.SUFFIX
+    elif meta["engine"] == "numpy":
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in model.state_dict().items()})
         weights, suffix = buf.getvalue(), ".npz"
@@ -203,7 +215,7 @@ def resolve(path: str | Path, which: str = "best") -> Path:
                 return candidate
         raise CheckpointError(f"{p}: no {which!r} checkpoint found (looked for "
                               f"checkpoints/{which}.json); is this a mnistlab run directory?")
-    for suffix in (".state.safetensors", ".safetensors", ".npz", ".json"):
+    for suffix in (".state.safetensors", ".safetensors", ".mnc", ".npz", ".json"):
         if p.name.endswith(suffix):
             p = p.with_name(p.name[: -len(suffix)])
             break
@@ -315,7 +327,18 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"{json_path}: cannot rebuild its adapters: {e}") from None
         try:
-            model.load_state_dict(load(weights))
+            if meta["weights"]["file"].endswith(".mnc"):
+                from . import compact
+
+                try:
+                    state = {k: torch.from_numpy(np.array(v)) for k, v in
+                             compact.dense(compact.decode(weights)).items()}
+                except compact.CompactError as e:
+                    raise CheckpointError(f"{json_path.with_name(meta['weights']['file'])}: "
+                                          f"{e}") from None
+            else:
+                state = load(weights)
+            model.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()
             raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r} "

@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (add_data_parser, add_finetune_parser, add_predict_parser, add_serve_parser):
         add(sub)
+    from . import cli_compress, cli_export
+
+    cli_compress.add_parser(sub)
+    cli_export.add_parser(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ from .preprocess import (
 
 DEFAULT_THRESHOLD = 0.5  # below this top probability a prediction is flagged "unsure"
 DEFAULT_TOP_K = 3
+RUNTIMES = ("torch", "onnx")  # onnx: an exported model run by ONNX Runtime (mnistlab[onnx])
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,20 @@ class Predictor:
 
     def __init__(self, checkpoint: Checkpoint | str | Path, *,
                  threshold: float = DEFAULT_THRESHOLD, top_k: int = DEFAULT_TOP_K,
-                 max_pixels: int = MAX_PIXELS, device: str = "cpu"):
-        """``checkpoint``: a loaded ``Checkpoint``, a run directory or a checkpoint path."""
+                 max_pixels: int = MAX_PIXELS, device: str = "cpu", runtime: str = "torch",
+                 threads: int | None = None):
+        """``checkpoint``: a loaded ``Checkpoint``, a run directory or a checkpoint path.
+        ``runtime="onnx"``: run the ONNX export of the run (or a .onnx file) with ONNX
+        Runtime, using ``threads`` intra-op threads (None: its default)."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in 0..1, got {threshold}")
-        if not isinstance(checkpoint, Checkpoint):
+        if runtime not in RUNTIMES:
+            raise CheckpointError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if not isinstance(checkpoint, Checkpoint) and runtime == "onnx":
+            from .export import load_onnx
+
+            checkpoint = load_onnx(checkpoint, threads=threads)
+        elif not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, device=device)
         self.checkpoint = checkpoint
         self.classes = checkpoint.classes
@@ -172,7 +182,8 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"error: --top-k must be at least 1, got {args.top_k}", file=err)
         return 2
     try:
-        predictor = Predictor.load(args.checkpoint, threshold=args.threshold, top_k=args.top_k)
+        predictor = Predictor.load(args.checkpoint, threshold=args.threshold, top_k=args.top_k,
+                                   runtime=args.runtime)
     except CheckpointError as e:
         print(f"error: {e}", file=err)
         return 2
@@ -252,6 +263,9 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"flag predictions below this probability as unsure "
                         f"(default {DEFAULT_THRESHOLD})")
+    p.add_argument("--runtime", default="torch", metavar="torch|onnx",
+                   help="torch (default), or onnx: the run's ONNX export (mnistlab export RUN) "
+                        "or a .onnx file, run by ONNX Runtime")
     p.set_defaults(func=run_predict)
     return p
 

@@ -127,7 +127,10 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
         f"- seed {meta.get('seed')}, code {meta.get('code_version')}, "
         f"versions {json.dumps(meta.get('versions', {}))}",
     ]
-    if meta.get("parent"):
+    if meta.get("parent") and meta.get("compression"):
+        lines.append(f"- compressed from: `{meta['parent'].get('path')}` "
+                     f"({meta['compression'].get('description')})")
+    elif meta.get("parent"):
         lines.append(f"- fine-tuned from: `{meta['parent'].get('path')}` "
                      f"(mode {meta.get('finetune', {}).get('mode')})")
     lines += ["", "## Results", "", "| split | accuracy | loss | ECE | macro F1 |",
@@ -151,6 +154,9 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
               f"![worst mistakes]({'plots/mistakes_' + last + '.png'})", "",
               "Model selection and early stopping used the validation split only; the test "
               "split was evaluated once, here.", ""]
+    # sections other steps wrote about this run (e.g. compression), kept across rewrites
+    for extra in sorted((run_dir / "report.d").glob("*.md")):
+        lines += [extra.read_text().rstrip(), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     log(f"report: {path}")

@@ -30,7 +30,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(args.checkpoint, threshold=args.threshold,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
-                         max_pixels=args.max_pixels, workers=args.workers)
+                         max_pixels=args.max_pixels, workers=args.workers,
+                         runtime=args.runtime)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -63,6 +64,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         f"(default {MAX_PIXELS:,})")
     p.add_argument("--workers", type=int, default=None,
                    help="concurrent inference threads (default: CPU count, at most 4)")
+    p.add_argument("--runtime", default="torch", metavar="torch|onnx",
+                   help="torch (default), or onnx: the run's ONNX export (mnistlab export RUN) "
+                        "or a .onnx file, run by ONNX Runtime")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_serve)

@@ -207,7 +207,8 @@ def image_from_json(body: bytes) -> bytes:
 def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
                top_k: int = DEFAULT_TOP_K, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, workers: int | None = None,
-               torch_threads: int | None = 1, device: str = "cpu") -> FastAPI:
+               torch_threads: int | None = 1, device: str = "cpu",
+               runtime: str = "torch") -> FastAPI:
     """The app for one checkpoint (a run directory or a checkpoint path).
 
     ``workers`` bounds concurrent preprocessing + inference threads (default: CPU count, at
@@ -217,9 +218,12 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
     (measured: 11 ms instead of 0.2 ms for a small MLP on a busy 2-core machine); the
     parallelism is across requests instead. Set per worker thread (OpenMP's setting is
     per thread), so the embedding process's own torch threads are left alone.
+    ``runtime="onnx"``: the run's ONNX export (or a .onnx file) in ONNX Runtime, whose one
+    session serves every worker thread with ``torch_threads`` intra-op threads.
     """
     predictor = Predictor.load(checkpoint_path, device=device, threshold=threshold,
-                               top_k=top_k, max_pixels=max_pixels)
+                               top_k=top_k, max_pixels=max_pixels, runtime=runtime,
+                               threads=torch_threads)
     classes = predictor.classes
     workers = workers or min(4, os.cpu_count() or 1)
     body_limit = max_upload_bytes * 4 // 3 + BASE64_SLACK
