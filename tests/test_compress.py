@@ -262,8 +262,9 @@ def test_int8_weights_agree_with_the_parent_on_real_digits(runs_5k: dict, made: 
     stored = compact.decode(blob)
     for k, w in prunable(ck.model).items():
         assert isinstance(stored[k], compact.QTensor)
-        assert np.array_equal(stored[k].dequantize(), w.numpy())
-    assert ck.path.with_name(ck.meta["weights"]["file"]).stat().st_size < 0.3 * \
+        assert np.array_equal(stored[k].dequantize(), w.detach().numpy())
+    # int8 codes are a quarter of float32; scales, biases, norms and headers add a little
+    assert ck.path.with_name(ck.meta["weights"]["file"]).stat().st_size < 0.35 * \
         parent.path.with_name(parent.meta["weights"]["file"]).stat().st_size
 
 
@@ -334,6 +335,34 @@ def test_compact_checkpoint_loads_bit_exactly(made: _Runs) -> None:
         assert stored[k].tobytes() == v.numpy().tobytes(), k
 
 
+def test_compressed_run_works_with_every_consumer(made: _Runs, capsys: pytest.CaptureFixture
+                                                  ) -> None:
+    """eval, predict, serve and finetune take a compressed run like any other."""
+    run = made.get("p90-int8", "mlp", prune=0.9, quantize="int8", epochs=0)
+    assert main(["eval", str(run), "--split", "test", "--json", "--no-plots"]) == 0
+    acc = json.loads(capsys.readouterr().out)["accuracy"]
+    assert acc > 0.8
+    from mnistlab import data
+    from mnistlab.predict import Predictor
+
+    ds = data.load("mnist-5k", "test")
+    preds = Predictor(run).predict_arrays(ds.images[:200] / 255.0)
+    assert np.mean([p.index for p in preds] == ds.labels[:200]) > 0.8
+    from mnistlab.config import TrainConfig
+    from mnistlab.finetune import FinetuneConfig, prepare
+
+    prep = prepare(FinetuneConfig(source=str(run), mode="head"),
+                   TrainConfig(dataset="mnist-5k:0-4", progress=False), log=lambda *_: None)
+    assert prep.parent.meta["compression"]["prune"] == 0.9
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mnistlab.serve.app import create_app
+
+    info = TestClient(create_app(run)).get("/api/model").json()
+    assert info["compression"]["quantize"] == "int8" and info["parent"]["model"] == "mlp"
+
+
 def test_tampered_compact_file_is_refused(made: _Runs, tmp_path: Path) -> None:
     import shutil
 
@@ -381,36 +410,47 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]
     return code, err
 
 
-def test_every_bad_input_gives_one_clear_error(runs_5k: dict, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def _bad_inputs(runs_5k: dict, tmp_path: Path) -> list[tuple[list[str], str, bool]]:
+    """(argv, expected message part, in the fast lane): each CLI call builds the whole parser
+    (~1 s), so the fast lane keeps the cases the issue names and the rest run with -m slow."""
     mlp, numpy_run = str(runs_5k["mlp"]), str(runs_5k["numpy"])
     missing = str(tmp_path / "no-such-run")
-    cases = [
-        (["compress", mlp, "--prune", "1.5"], "prune: the fraction to remove must be in [0, 1)"),
-        (["compress", mlp, "--prune", "-0.1"], "got -0.1"),
-        (["compress", mlp], "nothing to do"),
-        (["compress", mlp, "--prune", "0.5", "--scope", "model"], "scope: must be one of"),
-        (["compress", mlp, "--quantize", "int4"], "quantize: must be one of"),
+    return [
+        (["compress", mlp, "--prune", "1.5"], "prune: the fraction to remove must be in [0, 1)",
+         True),
+        (["compress", numpy_run, "--prune", "0.5"], "numpy-engine run", True),
+        (["distill", "--teacher", missing, "--student", "mlp"], "no checkpoint here", True),
+        (["export", mlp, "--format", "tflite"], "format: unknown format 'tflite'", True),
+        (["export", numpy_run], "numpy-engine run", True),
+        (["compress", mlp, "--prune", "-0.1"], "got -0.1", False),
+        (["compress", mlp], "nothing to do", False),
+        (["compress", mlp, "--prune", "0.5", "--scope", "model"], "scope: must be one of", False),
+        (["compress", mlp, "--quantize", "int4"], "quantize: must be one of", False),
         (["compress", mlp, "--prune", "0.5", "--schedule", "gradual", "--epochs", "0"],
-         "gradual pruning needs"),
-        (["compress", mlp, "--quantize", "int8", "--qat", "--epochs", "0"], "qat:"),
-        (["compress", numpy_run, "--prune", "0.5"], "numpy-engine run"),
-        (["compress", missing, "--prune", "0.5"], "no checkpoint here"),
-        (["compress", str(runs_5k["cnn"]), "--prune", "0.5", "--set", "lr=-1"], "lr:"),
-        (["distill", "--teacher", missing, "--student", "mlp"], "no checkpoint here"),
-        (["distill", "--student", "mlp", "--dataset", "mnist-5k"], "at least one --teacher"),
-        (["distill", "--teacher", mlp, "--student", "numpy-mlp"], "NumPy engine"),
-        (["distill", "--teacher", mlp, "--student", "resnet"], "unknown model"),
-        (["distill", "--teacher", mlp, "--student", "mlp", "-T", "0"], "temperature"),
-        (["distill", "--teacher", mlp, "--student", "mlp", "--dataset", "mnist:0-4"],
-         "has classes"),
-        (["export", mlp, "--format", "tflite"], "format: unknown format 'tflite'"),
-        (["export", numpy_run], "numpy-engine run"),
-        (["export", mlp, "--format", "torchscript", "--int8", "static"], "--format onnx"),
-        (["export", mlp, "--int8", "int4"], "int8: must be one of"),
-        (["export", missing], "no checkpoint here"),
+         "gradual pruning needs", False),
+        (["compress", mlp, "--quantize", "int8", "--qat", "--epochs", "0"], "qat:", False),
+        (["compress", missing, "--prune", "0.5"], "no checkpoint here", False),
+        (["compress", str(runs_5k["cnn"]), "--prune", "0.5", "--set", "lr=-1"], "lr:", False),
+        (["distill", "--student", "mlp", "--dataset", "mnist-5k"], "at least one --teacher",
+         False),
+        (["distill", "--teacher", mlp, "--student", "numpy-mlp", "-q"], "NumPy engine", False),
+        (["distill", "--teacher", mlp, "--student", "resnet", "-q"], "unknown model", False),
+        (["distill", "--teacher", mlp, "--student", "mlp", "-T", "0", "-q"], "temperature",
+         False),
+        (["distill", "--teacher", mlp, "--student", "mlp", "--dataset", "mnist:0-4", "-q"],
+         "has classes", False),
+        (["export", mlp, "--format", "torchscript", "--int8", "static"], "--format onnx", False),
+        (["export", mlp, "--int8", "int4"], "int8: must be one of", False),
+        (["export", missing], "no checkpoint here", False),
     ]
-    for argv, expected in cases:
+
+
+@pytest.mark.parametrize("lane", ["fast", pytest.param("slow", marks=pytest.mark.slow)])
+def test_every_bad_input_gives_one_clear_error(runs_5k: dict, tmp_path: Path, lane: str,
+                                               capsys: pytest.CaptureFixture) -> None:
+    for argv, expected, fast in _bad_inputs(runs_5k, tmp_path):
+        if fast != (lane == "fast"):
+            continue
         code, err = _cli(argv, capsys)
         assert code == 2, (argv, code, err)
         assert len(err) == 1 and err[0].startswith("mnistlab: error: "), (argv, err)
@@ -428,11 +468,56 @@ def test_compress_config_validates_without_running() -> None:
 # ------------------------------------------------------------------------------ distillation
 
 
+def test_distill_loss_averages_teachers_in_probability_space() -> None:
+    from mnistlab.compress.distill import DistillLoss
+
+    torch.manual_seed(0)
+    za, zb, student = torch.randn(8, 10) * 3, torch.randn(8, 10) * 3, torch.randn(8, 10)
+    y, x = torch.randint(0, 10, (8,)), torch.randn(8, 1, 28, 28)
+    t = 4.0
+    loss = DistillLoss([lambda _: za, lambda _: zb], temperature=t, alpha=0.7)(student, y, x)
+    soft = (torch.softmax(za / t, 1) + torch.softmax(zb / t, 1)) / 2
+    log_q = torch.log_softmax(student / t, 1)
+    kl = (soft * (soft.log() - log_q)).sum(1).mean()
+    expected = 0.7 * t * t * kl + 0.3 * torch.nn.functional.cross_entropy(student, y)
+    torch.testing.assert_close(loss, expected)
+    # alpha 0 is plain cross-entropy; a student equal to the teacher has no soft loss
+    plain = DistillLoss([lambda _: za], temperature=t, alpha=0.0)(student, y, x)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(student, y))
+    same = DistillLoss([lambda _: za], temperature=t, alpha=1.0)(za, y, x)
+    assert abs(float(same)) < 1e-6
+
+
 @pytest.mark.slow
 def test_distillation_improves_a_small_student(runs_5k: dict, tmp_path: Path) -> None:
+    """A strong teacher (fast-cnn 32-32, 15 epochs with augmentation: ~99% on mnist-5k) and
+    a small student (MLP 784-256-10, 3.5x fewer multiply-adds), trained alone and distilled
+    with the same recipe and seeds. Measured when this test was written, accuracy on the
+    1,400 validation + test digits, alone -> distilled: seed 0 94.1 -> 95.9, seed 1 94.9 ->
+    96.2. The test asks for a mean gain of at least 0.5 point over two seeds."""
     from mnistlab.compress import distill
     from mnistlab.config import TrainConfig
     from mnistlab.train import train
 
-    raise NotImplementedError
-    del distill, TrainConfig, train
+    quiet = lambda *_: None  # noqa: E731
+    base = dict(dataset="mnist-5k", batch_size=128, schedule="onecycle", threads=1,
+                progress=False, eval_test=False, runs_dir=str(tmp_path))
+    teacher = train(TrainConfig(model="fast-cnn", epochs=15, lr=1e-2, augment="affine",
+                                name="teacher", **base), log=quiet)
+    gains = []
+    for seed in (0, 1):
+        cfg = TrainConfig(model="mlp", model_args={"hidden": [256]}, epochs=30, lr=3e-3,
+                          seed=seed, **base)
+        alone = train(cfg.replace(name=f"alone{seed}"), log=quiet)
+        taught = distill([teacher], cfg.replace(name=f"distilled{seed}"), temperature=4.0,
+                         alpha=0.9, log=quiet)
+        acc = {}
+        for name, run in (("alone", alone), ("distilled", taught)):
+            ck = load_checkpoint(run)
+            evs = [evaluate(ck, split) for split in ("val", "test")]
+            acc[name] = sum(e.metrics["accuracy"] * len(e.dataset) for e in evs) / sum(
+                len(e.dataset) for e in evs)
+        gains.append(acc["distilled"] - acc["alone"])
+        meta = load_checkpoint(taught).meta["distill"]
+        assert meta["temperature"] == 4.0 and meta["teachers"][0]["model"] == "fast-cnn"
+    assert sum(gains) / len(gains) >= 0.005, gains
