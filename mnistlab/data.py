@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 ENV_VAR = "MNISTLAB_DATA_DIR"
 SYSTEM_DIRS = (Path("/usr/share/datasets"),)
 IMAGE_SIZE = 28
 USER_AGENT = "mnistlab (+https://pypi.org/project/mnistlab)"
 
 
-class DataError(ValueError):
-    """A dataset could not be found, downloaded, parsed or verified."""
 
 
 @dataclass(frozen=True)
