@@ -133,7 +133,7 @@ def fingerprint(run_dir: Path, output: str) -> dict:
     return {"records": records, "checkpoints": metas, "hardware": info["hardware"],
             "parameters": info.get("parameters"), "files": files,
             "report": json.loads(stub.read_text()) if stub.exists() else None,
-            "output": VOLATILE.sub("#", output)}
+            "output": VOLATILE.sub("#", output.replace(str(run_dir), "RUN"))}
 
 
 def train_run(tmp_path: Path, capsys, name: str, **values) -> tuple[Path, dict]:
