@@ -77,7 +77,7 @@ def load_splits(cfg: TrainConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
 
 def default_run_name(cfg: TrainConfig) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.model}-{cfg.dataset.replace(':', '_')}-{stamp}"
+    return f"{cfg.model}-{data_mod.slug(cfg.dataset)}-{stamp}"
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -185,7 +185,7 @@ def checkpoint_meta(cfg: TrainConfig, model: torch.nn.Module, train: data_mod.Da
         model_args=model.config,
         classes=list(train.classes),
         normalization={"mean": train.mean, "std": train.std},
-        dataset=cfg.dataset,
+        dataset=train.name,  # a folder by its resolved path, so eval finds it again
         split={"val_size": cfg.val_size, "seed": cfg.seed, "labels_per_class": cfg.labels_per_class},
         seed=cfg.seed,
         **hooks.meta,

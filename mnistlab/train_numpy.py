@@ -97,7 +97,7 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
         meta = base_meta(engine="numpy", model="numpy-mlp", model_args=model.config,
                          classes=list(train.classes),
                          normalization={"mean": train.mean, "std": train.std},
-                         dataset=cfg.dataset,
+                         dataset=train.name,
                          split={"val_size": cfg.val_size, "seed": cfg.seed,
                                 "labels_per_class": cfg.labels_per_class},
                          seed=cfg.seed, epoch=rec["epoch"], step=step,

@@ -46,7 +46,7 @@ def isolated(tmp_path, monkeypatch):
     """No real data directory leaks in: no env var, a private cache, no system dirs."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
 
 
 @pytest.fixture
@@ -513,7 +513,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv(data.ENV_VAR, str(env))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", (tmp_path / "sys",))
     assert data.resolve_data_dir(flag) == flag
     assert data.resolve_data_dir() == env
     assert data.search_dirs("mnist", flag) == [
@@ -528,7 +528,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
 
 def test_files_found_by_preference(tiny, tmp_path, monkeypatch):
     flag, env, cache, system = (tmp_path / n for n in ("flag", "env", "cache/mnistlab", "sys"))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", (system,))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", (system,))
     fname = tiny.filenames[0]
     tiny.write(system)
     assert data.find_file("tiny", fname) == system / "tiny" / f"{fname}.gz"
