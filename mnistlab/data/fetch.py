@@ -529,7 +529,8 @@ def download_files(
             else:
                 raise DataError(
                     f"could not download {name} {split} {kind} ({fspec.name}.gz); "
-                    "tried:\n" + "\n".join(tried) + "\n" + manual_help
+                    "tried:\n" + ("\n".join(tried) or "  - nothing: no mirror is known") + "\n"
+                    + manual_help
                 )
     finally:
         for d in new_dirs:  # leave no empty directory behind when nothing was downloaded

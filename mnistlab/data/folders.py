@@ -219,11 +219,11 @@ class ImageFolderSource(Source):
         for part, folder in parts.items():
             classes = {p.name: p for p in _visible(folder) if p.is_dir()}
             if not classes:
-                loose = [p for p in _visible(folder) if p.suffix.lower() in EXTENSIONS]
-                raise DataError(
-                    f"{folder}: " + (f"{len(loose)} images but no class folders; " if loose
-                                     else "no class folders; ") + _LAYOUT_HELP
-                )  # fmt: skip
+                entries = _visible(folder)
+                loose = sum(p.suffix.lower() in EXTENSIONS for p in entries)
+                what = (f"{loose} images but no class folders" if loose else
+                        "no class folders" if entries else "empty folder")  # fmt: skip
+                raise DataError(f"{folder}: {what}; {_LAYOUT_HELP}")
             entries = []
             for name in _class_order(list(classes)):
                 files = [p for p in _visible(classes[name])
