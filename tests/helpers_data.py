@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mnistlab import data
 
@@ -86,23 +85,6 @@ def make_tiny(
         name=name, classes=classes, mean=0.5, std=0.29, files=files, mirrors=mirrors
     )
     return Tiny(spec, arrays)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real data directory leaks in: no env var, a private cache, no system dirs.
-    (Import it into a test module to make it apply there.)"""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
-
-
-@pytest.fixture
-def tiny(monkeypatch) -> Tiny:
-    """The tiny dataset, registered under its name for the test."""
-    t = make_tiny()
-    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
-    return t
 
 
 # ------------------------------------------------------------------------ HTTP server

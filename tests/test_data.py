@@ -20,17 +20,16 @@ from helpers_data import (  # tests/ is on sys.path (no __init__.py): pytest put
     dead_url,
     flaky,
     http_server,
-    isolated,  # noqa: F401 (an autouse fixture: no real data directory leaks in)
     make_tiny,
     send_bytes,
     send_status,
     stall,
-    tiny,  # noqa: F401 (a fixture)
 )
 
 from mnistlab import cli_data, data, plots
 from mnistlab.data import DataError
 
+pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
 FULL_DIR = os.environ.get(data.ENV_VAR)  # read before the isolation fixture clears it
 full_data = pytest.mark.skipif(
     not FULL_DIR,

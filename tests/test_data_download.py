@@ -24,16 +24,15 @@ import numpy as np
 import pytest
 from helpers_data import (
     http_server,
-    isolated,  # noqa: F401 (an autouse fixture: no real data directory leaks in)
     send_bytes,
     send_stream,
     send_then_stall,
-    tiny,  # noqa: F401 (a fixture)
 )
 
 from mnistlab import cli_data, data
 from mnistlab.data import DataError, fetch
 
+pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
 MB = 1 << 20
 
 
