@@ -85,14 +85,28 @@ def _class_order(names: list[str]) -> list[str]:
     return sorted(names, key=int) if all(n.isdigit() for n in names) else sorted(names)
 
 
-# --------------------------------------------------------------------------- IDX files
-
-
-class IdxFolderSource(Source):
-    """IDX files in a folder of the user's."""
+class _Folder(Source):
+    """A folder of the user's: named by its resolved path; nothing to download."""
 
     def __init__(self, root: Path):
         self.root, self.name = root, str(root)
+        self.mean = self.std = None  # computed from the training part when loaded
+
+    def fetch(self, data_dir=None, **network) -> Path:
+        bad = [r for r in self.verify(data_dir) if not r.ok]
+        if bad:
+            raise DataError(bad[0].detail)
+        return self.root
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+class IdxFolderSource(_Folder):
+    """IDX files in a folder of the user's."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
         self.paths = {key: _find(root, names) for key, names in _IDX_NAMES.items()}
         has_test = [self.paths["test", k] is not None for k in ("images", "labels")]
         self.holdout = None if all(has_test) else Holdout(TEST_SHARE)
@@ -198,11 +212,8 @@ def _decode(files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]) -> np.
     return images
 
 
-class ImageFolderSource(Source):
+class ImageFolderSource(_Folder):
     """Images in one folder per class, optionally under train/ and test/."""
-
-    def __init__(self, root: Path):
-        self.root, self.name = root, str(root)
 
     @functools.cached_property
     def _layout(self) -> dict[str, list[tuple[str, list[Path]]]]:
