@@ -74,9 +74,13 @@ def _find(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _visible(folder: Path) -> list[Path]:
+def _visible(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` not hidden, sorted by name (their types come with the
+    listing: no stat per file)."""
     try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        with os.scandir(folder) as entries:
+            return sorted((e for e in entries if not e.name.startswith(".")),
+                          key=lambda e: e.name)  # fmt: skip
     except OSError as e:
         raise DataError(f"{folder}: cannot list ({e.strerror or e})") from None
 
@@ -220,25 +224,24 @@ class ImageFolderSource(_Folder):
         """part ("all", or "train" and "test") -> [(class name, image files)]."""
         from ..preprocess import EXTENSIONS
 
-        subdirs = [p for p in _visible(self.root) if p.is_dir()]
-        names = {p.name for p in subdirs}
+        names = {e.name for e in _visible(self.root) if e.is_dir()}
         if "train" in names and names <= {"train", "test"}:
             parts = {n: self.root / n for n in ("train", "test") if n in names}
         else:
             parts = {"all": self.root}
         layout = {}
         for part, folder in parts.items():
-            classes = {p.name: p for p in _visible(folder) if p.is_dir()}
+            entries = _visible(folder)
+            classes = {e.name: Path(e.path) for e in entries if e.is_dir()}
             if not classes:
-                entries = _visible(folder)
-                loose = sum(p.suffix.lower() in EXTENSIONS for p in entries)
+                loose = sum(Path(e.name).suffix.lower() in EXTENSIONS for e in entries)
                 what = (f"{loose} images but no class folders" if loose else
                         "no class folders" if entries else "empty folder")  # fmt: skip
                 raise DataError(f"{folder}: {what}; {_LAYOUT_HELP}")
             entries = []
             for name in _class_order(list(classes)):
-                files = [p for p in _visible(classes[name])
-                         if p.is_file() and p.suffix.lower() in EXTENSIONS]  # fmt: skip
+                files = [Path(e.path) for e in _visible(classes[name])
+                         if e.is_file() and Path(e.name).suffix.lower() in EXTENSIONS]  # fmt: skip
                 if not files:
                     raise DataError(
                         f"{classes[name]}: class {name!r} has no images (expected "

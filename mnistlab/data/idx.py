@@ -40,13 +40,14 @@ _PIECE = 1 << 20  # at most this much decompressed output is held per step
 class Gunzip:
     """Incremental gzip decompression that refuses to produce more than ``limit`` bytes.
 
-    ``feed(chunk)`` yields decompressed pieces of at most 1 MiB, so a caller that hashes and
-    drops them holds O(1 MiB) whatever the input expands to. Concatenated gzip members are
-    accepted, as ``gzip.decompress`` accepts them. ``finish()`` checks the data was complete.
+    ``feed(chunk)`` yields decompressed pieces of at most ``piece`` bytes (1 MiB), so a caller
+    that hashes and drops them holds O(piece) whatever the input expands to. Concatenated gzip
+    members are accepted, as ``gzip.decompress`` accepts them. ``finish()`` checks that the
+    data was complete.
     """
 
-    def __init__(self, source: str, limit: int):
-        self.source, self.limit, self.total = source, limit, 0
+    def __init__(self, source: str, limit: int, piece: int = _PIECE):
+        self.source, self.limit, self.piece, self.total = source, limit, piece, 0
         self._d = zlib.decompressobj(wbits=31)  # 31: a gzip header and CRC/size trailer
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
@@ -54,7 +55,7 @@ class Gunzip:
             if self._d.eof:  # another gzip member follows
                 self._d = zlib.decompressobj(wbits=31)
             try:
-                piece = self._d.decompress(chunk, min(_PIECE, self.limit + 1 - self.total))
+                piece = self._d.decompress(chunk, min(self.piece, self.limit + 1 - self.total))
             except zlib.error as e:
                 raise self._corrupted(e) from None
             self.total += len(piece)
@@ -93,7 +94,7 @@ def decompress(raw: bytes, source: str, limit: int | None = None) -> bytes:
         # under 64 bytes: the whole (tiny or truncated) content; parse_idx says what is wrong
         limit = 64 if len(head) < 64 else min(idx_size(head, source) + _TRAILING_SLACK,
                                                MAX_IDX_BYTES)
-    unzip = Gunzip(source, limit)
+    unzip = Gunzip(source, limit, piece=limit + 1)  # in one piece: no copy to join them
     content = b"".join(unzip.feed(raw))
     unzip.finish()
     return content
