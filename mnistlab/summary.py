@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Any
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict:
-    """Rows for every leaf module (in call order) and totals; FLOPs count a multiply-add as 2."""
+def summarize(model: Any, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict:
+    """Rows for every leaf module of a torch model (in call order) and totals; FLOPs count
+    a multiply-add as 2."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     model = model.eval()
     shapes: dict[str, tuple] = {}
     order: list[str] = []

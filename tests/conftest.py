@@ -15,7 +15,7 @@ def _train_small_mlp(run_dir: Path) -> Path:
     """A 784-256-10 MLP, ~860 Adam steps through the real training loop (a few seconds on
     one core): full MNIST when MNISTLAB_DATA_DIR is set, else the offline mnist-5k."""
     from mnistlab.config import TrainConfig
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     dataset = "mnist" if os.environ.get("MNISTLAB_DATA_DIR") else "mnist-5k"
     cfg = TrainConfig(dataset=dataset, model="mlp", model_args={"hidden": [256]}, epochs=4,

@@ -87,6 +87,15 @@ def make_tiny(
     return Tiny(spec, arrays)
 
 
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``mnistlab data ARGV`` through the real entry point: (exit code, stdout, stderr)."""
+    from mnistlab.cli import main
+
+    rc = main(["data", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 # ------------------------------------------------------------------------ HTTP server
 
 Route = Callable[[http.server.BaseHTTPRequestHandler], None]

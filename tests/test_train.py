@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab import train as train_mod
+from mnistlab import training as train_mod
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, build_config, from_dict
+from mnistlab.engines import engine_for_model, torch_engine
 from mnistlab.models import create_model
 from mnistlab.optim import LRSchedule, build_optimizer, decoupled_decay, param_groups, penalty
 
@@ -39,7 +40,6 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
                                   ("optimizer", "adamax", "optimizer: must be one of"),
                                   ("schedule", "linear", "schedule: must be one of"),
                                   ("epochs", 0, "epochs: must be >= 1"),
-                                  ("model", "resnet", "model: unknown model"),
                                   ("augment", "wild", "augment: must be one of"),
                                   ("label_smoothing", 1.0, "label_smoothing")]:
         with pytest.raises(ConfigError, match=pattern):
@@ -48,6 +48,9 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
         from_dict({"batch_size": "many"})
     with pytest.raises(ConfigError, match="bogus: unknown field"):
         from_dict({"bogus": 1})
+    # the model name is the engines' business: unknown everywhere, refused before training
+    with pytest.raises(ConfigError, match="model: unknown model 'resnet50'"):
+        engine_for_model("resnet50")
 
 
 def test_recipe_and_overrides(tmp_path: Path) -> None:
@@ -60,7 +63,7 @@ def test_recipe_and_overrides(tmp_path: Path) -> None:
     recipe.write_text("lr = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         build_config(str(recipe))
-    with pytest.raises(ConfigError, match="no recipe file or name"):
+    with pytest.raises(ConfigError, match="no recipe, file or run directory"):
         build_config("no-such-recipe")
 
 
@@ -184,13 +187,13 @@ def test_early_stopping_stops_and_restores_best(tmp_path: Path, monkeypatch) -> 
     """A validation metric that peaks at epoch 2 stops the run at epoch 2 + patience, and
     the best checkpoint holds the epoch-2 weights."""
     scores = iter([0.5, 0.9, 0.8, 0.7, 0.6, 0.95])
-    real = train_mod.evaluate_loader
+    real = torch_engine.evaluate_loader
 
     def fake_eval(model, loader, amp_dtype=None):
         out = real(model, loader, amp_dtype)
         return {**out, "acc": next(scores)}
 
-    monkeypatch.setattr(train_mod, "evaluate_loader", fake_eval)
+    monkeypatch.setattr(torch_engine, "evaluate_loader", fake_eval)
     cfg = TrainConfig(**TINY, epochs=6, early_stop="val_acc", patience=2, runs_dir=str(tmp_path),
                       name="es")
     run = train_mod.train(cfg, log=quiet)
@@ -235,7 +238,7 @@ def test_divergence_guard_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mnistlab.cli", "train", *args]
+    return [sys.executable, "-m", "mnistlab", "train", *args]
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
@@ -276,10 +279,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_device_selection() -> None:
-    assert train_mod.pick_device("cpu").type == "cpu"
+    assert torch_engine.pick_device("cpu").type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else (
         "mps" if torch.backends.mps.is_available() else "cpu")
-    assert train_mod.pick_device("auto").type == expected
+    assert torch_engine.pick_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            train_mod.pick_device("cuda")
+            torch_engine.pick_device("cuda")

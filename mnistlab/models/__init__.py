@@ -39,6 +39,12 @@ def create_model(name: str, **kwargs) -> Classifier:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
 
 
+def registry_docs() -> dict[str, str]:
+    """Model name -> the first line of its class docstring (no model is built)."""
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            for name, cls in sorted(_REGISTRY.items())}
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -50,4 +56,5 @@ try:  # the ViT lives in its own file; keep the registry usable while it is abse
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["Classifier", "create_model", "list_models", "register", "count_parameters"]
+__all__ = ["Classifier", "create_model", "list_models", "register", "count_parameters",
+           "registry_docs"]
