@@ -551,6 +551,14 @@ def test_image_grid_size_and_colours(tmp_path):
 # ---------------------------------------------------------------------------------- CLI
 
 
+def test_cli_constants_match_the_library():
+    """cli/data.py spells these out so that `--help` imports no NumPy; they must not drift."""
+    from mnistlab.cli import data as cli_data
+
+    assert cli_data.BASE_NAMES == data.known_names() == data.BASE_NAMES
+    assert (cli_data.ENV_VAR, cli_data.SPLITS) == (data.ENV_VAR, data.SPLITS)
+
+
 def test_cli_info(tiny, tiny_dir, capsys):
     rc, out, err = run_cli(["info", "--dataset", "tiny", "--data-dir", str(tiny_dir)], capsys)
     assert rc == 0 and err == ""
