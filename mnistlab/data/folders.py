@@ -145,8 +145,9 @@ class IdxFolderSource(_Folder):
         return tuple(str(i) for i in range(top + 1))
 
     def read(self, part, data_dir=None, download=True):
-        if self._one_sided:
-            self._path("test", "images"), self._path("test", "labels")  # raise naming it
+        if self._one_sided:  # a t10k file without its partner: say which one is missing
+            for kind in ("images", "labels"):
+                self._path("test", kind)
         files_part = "train" if part == "all" else part
         img, lbl = self._path(files_part, "images"), self._path(files_part, "labels")
         images, _ = read_checked(img, "images")
