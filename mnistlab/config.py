@@ -272,6 +272,8 @@ def load_config_file(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]
         raise ConfigError(f"config: {path} is not valid {kind} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a table of settings")
+    if path.name == "config.json":  # a run's: reproduce it as a new run, with a new name
+        data.pop("name", None)
     result = data.pop("result", {})
     data.pop("description", None)
     return data, result

@@ -102,8 +102,7 @@ class TorchEngine:
         try:
             return create_model(model, **args)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"model_args: {model} cannot be built with {model_args}: "
-                              f"{str(e).splitlines()[0]}") from None
+            raise ConfigError(f"model_args: {str(e).splitlines()[0]}") from None
 
     def _bounded(self, model: str, args: dict[str, Any], what: str) -> None:
         """Build on the meta device (no memory) to check the arguments and the size."""
@@ -111,8 +110,7 @@ class TorchEngine:
             with torch.device("meta"):
                 n = count_parameters(create_model(model, **args))
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-            raise ConfigError(f"{what}: {model} cannot be built with {args}: "
-                              f"{str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{what}: {str(e).splitlines()[0]}") from None
         if n > MAX_PARAMETERS:
             raise ConfigError(f"{what}: {model} with {args} has {n:,} parameters, more than "
                               f"mnistlab builds ({MAX_PARAMETERS:,})")
