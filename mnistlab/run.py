@@ -257,7 +257,8 @@ class RunDir:
         return base_meta(
             engine=self.engine.name, model=c.model, model_args=model_args,
             classes=self.classes, normalization=self.normalization, dataset=c.dataset,
-            split={"val_size": c.val_size, "seed": c.seed, "labels_per_class": c.labels_per_class},
+            split={"val_size": c.val_size, "seed": c.seed, "labels_per_class": c.labels_per_class,
+                   **({"data_dir": c.data_dir} if c.data_dir else {})},
             seed=c.seed, **self.extra, **fields)
 
     def save(self, which: str, model: Any, meta: dict[str, Any],
