@@ -142,6 +142,23 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# (field, when it applies, where) for settings that act only together with another one
+_APPLIES = (
+    ("momentum", lambda c: c.optimizer in ("sgd", "rmsprop"), "to optimizers sgd and rmsprop"),
+    ("nesterov", lambda c: c.optimizer == "sgd" and c.momentum > 0,
+     "to optimizer sgd with momentum > 0"),
+    ("betas", lambda c: c.optimizer in ("adam", "adamw"), "to optimizers adam and adamw"),
+    ("step_epochs", lambda c: c.schedule == "step", "to schedule step"),
+    ("gamma", lambda c: c.schedule in ("step", "exponential"), "to schedules step and exponential"),
+    ("min_lr", lambda c: c.schedule == "cosine", "to schedule cosine"),
+    ("pct_start", lambda c: c.schedule == "onecycle", "to schedule onecycle"),
+    ("warmup_epochs", lambda c: c.schedule != "onecycle",
+     "to schedules other than onecycle (which warms up by itself)"),
+    ("plateau_patience", lambda c: c.schedule == "plateau", "to schedule plateau"),
+    ("plateau_factor", lambda c: c.schedule == "plateau", "to schedule plateau"),
+    ("patience", lambda c: c.early_stop != "none", "with early_stop val_acc or val_loss"),
+)
 RESUMABLE = tuple(n for n, f in FIELDS.items() if f.metadata["resumable"])
 
 
@@ -170,8 +187,11 @@ def validate(c: TrainConfig) -> None:
             raise ConfigError(f"{name}: must be a finite number, got {v!r}")
     if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
         raise ConfigError(f"betas: need two values in [0, 1), got {c.betas}")
-    if c.nesterov and c.optimizer != "sgd":
-        raise ConfigError("nesterov: only applies to optimizer 'sgd'")
+    # a setting that only means something beside another is refused without it, rather than
+    # silently ignored (at its default it is harmless and passes)
+    for name, applies, where in _APPLIES:
+        if getattr(c, name) != FIELDS[name].default and not applies(c):
+            raise ConfigError(f"{name}: only applies {where}; it would be ignored here")
     if not c.dataset:
         raise ConfigError("dataset: must not be empty")
     if not c.model:
@@ -272,6 +292,8 @@ def load_config_file(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]
         raise ConfigError(f"config: {path} is not valid {kind} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a table of settings")
+    if path.name == "config.json":  # a run's: reproduce it as a new run, with a new name
+        data.pop("name", None)
     result = data.pop("result", {})
     data.pop("description", None)
     return data, result

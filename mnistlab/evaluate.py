@@ -85,10 +85,11 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] |
 
 
 def dataset_for(ck: Checkpoint, split: str, data_dir: str | None = None) -> data_mod.Dataset:
-    """The checkpoint's own dataset and split (same validation hold-out as in training)."""
+    """The checkpoint's own dataset and split (same validation hold-out as in training),
+    looked for where training found it unless ``data_dir`` says otherwise."""
     sp = ck.meta.get("split", {})
     val_size = sp.get("val_size", -1)
-    return data_mod.load(ck.meta["dataset"], split, data_dir=data_dir,
+    return data_mod.load(ck.meta["dataset"], split, data_dir=data_dir or sp.get("data_dir"),
                          val_size=None if val_size is None or val_size < 0 else val_size,
                          seed=sp.get("seed", 0))
 

@@ -191,7 +191,7 @@ class RunDir:
         return cls(path, cfg, engine, extra=dict(extra or {}), classes=classes,
                    normalization=normalization, created=not path.exists())
 
-    def start(self, *, resumed: bool, hardware_extra: dict[str, Any], log: Callable) -> None:
+    def start(self, *, resumed: bool) -> None:
         """Create the directory and write config.json and run.json."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ class RunDir:
             "started": previous.get("started") or _now(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "hardware": {**hardware(), **hardware_extra},
+            "hardware": hardware(),
             **self.extra,
         }
         if resumed:
@@ -257,7 +257,8 @@ class RunDir:
         return base_meta(
             engine=self.engine.name, model=c.model, model_args=model_args,
             classes=self.classes, normalization=self.normalization, dataset=c.dataset,
-            split={"val_size": c.val_size, "seed": c.seed, "labels_per_class": c.labels_per_class},
+            split={"val_size": c.val_size, "seed": c.seed, "labels_per_class": c.labels_per_class,
+                   **({"data_dir": c.data_dir} if c.data_dir else {})},
             seed=c.seed, **self.extra, **fields)
 
     def save(self, which: str, model: Any, meta: dict[str, Any],

@@ -54,7 +54,7 @@ def summarize(model: Any, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict
 
 
 def format_summary(name: str, s: dict) -> str:
-    lines = [f"{name}: forward FLOPs per image counted by torch.utils.flop_counter",
+    lines = [f"{name}: forward FLOPs per image (a multiply-add counts 2)",
              f"{'layer':<28} {'type':<18} {'output':<18} {'params':>10} {'FLOPs':>12}"]
     for r in s["rows"]:
         out = "x".join(map(str, r["output"][1:])) if r["output"] else "-"

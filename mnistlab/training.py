@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
                          extra=hooks.meta, resume=resume)
 
     # --- train, then the report (the test split is evaluated here, once)
-    run.start(resumed=state is not None, hardware_extra=engine.hardware(cfg), log=log)
+    run.start(resumed=state is not None)
     try:
         if state is not None and _finished(cfg, state):
             log(f"{run.path} has already trained {state['epoch'] + 1} of {cfg.epochs} epochs"
@@ -128,6 +128,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
             result = engine.fit(cfg, run, model, train_ds, val_ds, hooks=hooks, state=state,
                                 log=log)
             run.info["parameters"] = result.get("parameters")
+            run.info["hardware"].update(result.get("hardware", {}))
         run.finish()
     except BaseException as e:
         run.fail(e)

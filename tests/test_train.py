@@ -48,6 +48,20 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
         from_dict({"batch_size": "many"})
     with pytest.raises(ConfigError, match="bogus: unknown field"):
         from_dict({"bogus": 1})
+    # a setting that only acts beside another is refused without it, not silently ignored
+    for values, pattern in [({"momentum": 0.5}, "momentum: only applies to optimizers sgd"),
+                            ({"gamma": 0.5, "schedule": "cosine"}, "gamma: only applies"),
+                            ({"patience": 5}, "patience: only applies with early_stop"),
+                            ({"betas": (0.8, 0.9), "optimizer": "sgd"}, "betas: only applies")]:
+        with pytest.raises(ConfigError, match=pattern):
+            from_dict(values)
+    assert from_dict({"momentum": 0.5, "optimizer": "rmsprop"}).momentum == 0.5
+    for bad, pattern in [({"epochs": True}, "epochs: expected int, got True"),
+                         ({"epochs": 2.5}, "epochs: expected int"),
+                         ({"model_args": [1, 2]}, "model_args: expected a table"),
+                         ({"lr": float("nan")}, "lr: must be")]:
+        with pytest.raises(ConfigError, match=pattern):
+            from_dict(bad)
     # the model name is the engines' business: unknown everywhere, refused before training
     with pytest.raises(ConfigError, match="model: unknown model 'resnet50'"):
         engine_for_model("resnet50")
@@ -99,8 +113,10 @@ def test_each_optimizer_reduces_loss(opt: str) -> None:
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_each_schedule_steps(schedule: str) -> None:
+    extra = {"step": {"gamma": 0.5}, "exponential": {"gamma": 0.5},
+             "cosine": {"min_lr": 0.001}, "plateau": {"plateau_patience": 1}}.get(schedule, {})
     cfg = TrainConfig(schedule=schedule, lr=0.1, epochs=4, warmup_epochs=0.5 if schedule !=
-                      "onecycle" else 0, gamma=0.5, min_lr=0.001, plateau_patience=1)
+                      "onecycle" else 0, **extra)
     sched = LRSchedule(cfg, steps_per_epoch=10)
     lrs = [cfg.lr * sched.factor(t) for t in range(40)]
     assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)

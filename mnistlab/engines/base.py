@@ -63,16 +63,15 @@ class Engine(Protocol):
     def to_device(self, model: Any, device: str) -> None:
         """Move ``model`` to ``device`` ("cpu", "cuda", ...) in evaluation mode."""
 
-    def hardware(self, cfg: TrainConfig) -> dict[str, Any]:
-        """The device, threads and library versions a run with ``cfg`` uses (run.json)."""
-
     def summary(self, model: Any) -> dict[str, Any]:
         """Per-layer rows (layer, type, output, params, flops) and totals."""
 
     def fit(self, cfg: TrainConfig, run: Any, model: Any, train: Any, val: Any, *,
             hooks: Any, state: dict[str, Any] | None, log: Any) -> dict[str, Any]:
         """Train ``model`` as ``cfg`` says, logging and checkpointing through ``run``
-        (run.RunDir); ``state`` is the training state of a resumed run."""
+        (run.RunDir); ``state`` is the training state of a resumed run. Returns what the
+        run really used, measured during training, for run.json: "parameters", and
+        "device", "threads" (and what else matters) under "hardware"."""
 
 
 def register_engine(engine: Engine) -> None:

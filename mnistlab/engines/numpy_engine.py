@@ -165,14 +165,6 @@ class NumpyEngine:
         return {"rows": rows, "params": total, "trainable": total,
                 "flops": sum(r["flops"] for r in rows)}
 
-    def hardware(self, cfg: TrainConfig) -> dict[str, Any]:
-        from threadpoolctl import threadpool_info
-
-        blas = [f"{i.get('internal_api')} {i.get('version')}" for i in threadpool_info()
-                if i.get("user_api") == "blas"]
-        return {"device": "cpu", "threads": cfg.threads or "BLAS default",
-                "workers": cfg.workers, "numpy": np.__version__, "blas": ", ".join(blas)}
-
     # --- training
 
     def fit(self, cfg: TrainConfig, run: Any, model: scratch.Sequential, train: Any, val: Any,
@@ -222,12 +214,13 @@ class NumpyEngine:
             run.log_step(**rec)
 
         last: list[dict] = [{}]
-        threads = nullcontext()
-        if cfg.threads and cfg.workers == 1:
-            from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_info, threadpool_limits
 
-            threads = threadpool_limits(cfg.threads, user_api="blas")
-        with threads:
+        limits = nullcontext()
+        if cfg.threads and cfg.workers == 1:
+            limits = threadpool_limits(cfg.threads, user_api="blas")
+        with limits:
+            blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
             scratch.fit(
                 model, opt, x_train, train.labels, x_val, val.labels, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, l1=cfg.l1, l2=cfg.l2,
@@ -237,7 +230,11 @@ class NumpyEngine:
                 workers=cfg.workers, log_every=cfg.log_every, on_log=on_log)
         if last[0]:
             run.end_training(model, self.model_args(model), last[0])
-        return {"device": "cpu", "parameters": model.num_params()}
+        return {"parameters": model.num_params(), "hardware": {
+            "device": "cpu", "workers": cfg.workers,
+            "threads": 1 if cfg.workers == 2 else max((i["num_threads"] for i in blas), default=1),
+            "blas": ", ".join(f"{i.get('internal_api')} {i.get('version')}" for i in blas),
+            "numpy": np.__version__}}
 
 
 ENGINE = NumpyEngine()

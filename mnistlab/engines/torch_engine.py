@@ -102,8 +102,7 @@ class TorchEngine:
         try:
             return create_model(model, **args)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"model_args: {model} cannot be built with {model_args}: "
-                              f"{str(e).splitlines()[0]}") from None
+            raise ConfigError(f"model_args: {str(e).splitlines()[0]}") from None
 
     def _bounded(self, model: str, args: dict[str, Any], what: str) -> None:
         """Build on the meta device (no memory) to check the arguments and the size."""
@@ -111,8 +110,7 @@ class TorchEngine:
             with torch.device("meta"):
                 n = count_parameters(create_model(model, **args))
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-            raise ConfigError(f"{what}: {model} cannot be built with {args}: "
-                              f"{str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{what}: {str(e).splitlines()[0]}") from None
         if n > MAX_PARAMETERS:
             raise ConfigError(f"{what}: {model} with {args} has {n:,} parameters, more than "
                               f"mnistlab builds ({MAX_PARAMETERS:,})")
@@ -178,15 +176,24 @@ class TorchEngine:
 
     def fit(self, cfg: TrainConfig, run: Any, model: torch.nn.Module, train: Any, val: Any, *,
             hooks: Any, state: dict[str, Any] | None, log: Any) -> dict[str, Any]:
-        # --- setup
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        # process-wide settings for this run only: restored afterwards
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        try:
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            if hooks.model is not None and state is None:
+                seed_everything(cfg.seed, cfg.deterministic)  # build() seeded the others
+            elif cfg.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.benchmark = False
+            return self._fit(cfg, run, model, train, val, hooks=hooks, state=state, log=log)
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+    def _fit(self, cfg: TrainConfig, run: Any, model: torch.nn.Module, train: Any, val: Any, *,
+             hooks: Any, state: dict[str, Any] | None, log: Any) -> dict[str, Any]:
         device = pick_device(cfg.device)
-        if hooks.model is not None and state is None:
-            seed_everything(cfg.seed, cfg.deterministic)  # build() seeded the others
-        elif cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
         amp_dtype = None
         if cfg.amp:
             amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -295,16 +302,14 @@ class TorchEngine:
                 break
         if rec:
             run.end_training(model, self.model_args(model), rec)
-        return {"device": str(device), "threads": torch.get_num_threads(),
-                "parameters": n_total}
-
-    def hardware(self, cfg: TrainConfig) -> dict[str, Any]:
-        device = pick_device(cfg.device)
         name = str(device)
         if device.type == "cuda":
             name += f" ({torch.cuda.get_device_name(device)})"
-        return {"device": name, "threads": cfg.threads or torch.get_num_threads(),
-                "torch": torch.__version__}
+        return {"parameters": n_total, "hardware": {
+            "device": name, "threads": torch.get_num_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "compiled": cfg.compile, "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype
+            else "off", "torch": torch.__version__}}
 
 
 ENGINE = TorchEngine()

@@ -8,6 +8,7 @@ rebuild it). Models are pure: no I/O, no device choice, no printing.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -33,8 +34,14 @@ def list_models() -> list[str]:
 def create_model(name: str, **kwargs) -> Classifier:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    cls = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(accepted)}")
     try:
-        return _REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
 
