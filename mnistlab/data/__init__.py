@@ -5,9 +5,10 @@ Names: ``mnist``, ``fashion-mnist``, ``mnist-5k`` (5,000 genuine MNIST digits sh
 own (class folders of images, or IDX files) and class subsets of any of them such as
 ``mnist:0-4`` or ``fashion-mnist:0,2,4`` (relabelled to 0..k-1, names kept).
 
-The package, bottom up (each module imports only those above it; none imports torch):
+The package, bottom up (each module imports only those above it and ``mnistlab.errors``;
+``folders`` borrows ``mnistlab.preprocess``, a leaf, to decode images; none imports torch):
 
-- :mod:`.idx`: the IDX codec, bounded gzip, :class:`DataError`;
+- :mod:`.idx`: the IDX codec, bounded gzip;
 - :mod:`.fetch`: finding files, verifying them, downloading them (bounded, streamed, hashed);
 - :mod:`.registry`: datasets as sources (IDX files on mirrors, a CSV inside a package);
 - :mod:`.folders`: bring your own data (folders of images or of IDX files);
