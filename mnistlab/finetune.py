@@ -157,7 +157,7 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
     model = parent.model
     kind, k = parse_mode(ft.mode)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    default_name = f"{pmeta['model']}-ft-{kind}{k or ''}-{cfg.dataset.replace(':', '_')}-{stamp}"
+    default_name = f"{pmeta['model']}-ft-{kind}{k or ''}-{data_mod.slug(cfg.dataset)}-{stamp}"
     cfg = cfg.replace(
         model=pmeta["model"],
         model_args={a: v for a, v in pmeta["model_args"].items() if a != "num_classes"},

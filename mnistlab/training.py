@@ -96,6 +96,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
 
     # --- data and model, checked before anything is written
     train_ds, val_ds = load_splits(cfg)
+    # a folder of the user's by its resolved path, so that the run (its config, run.json and
+    # checkpoints) finds its data again from any working directory
+    cfg = cfg.replace(dataset=train_ds.name)
     state = None
     if resume is not None and has_checkpoint(Path(resume)):
         ck = load_checkpoint(resume, which="last", device="cpu", with_train_state=True)

