@@ -379,6 +379,7 @@ def test_offline_error_lists_attempts_and_manual_steps(tiny, tmp_path):
     assert all(f"{f}.gz" in text for f in tiny.filenames)
     assert "MNISTLAB_DATA_DIR" in text and "--data-dir" in text
     assert "mnist-5k" not in text  # only mnist gets that hint
+    assert "\n" not in text  # one line, as every user error
     assert all_files(tmp_path) == [] and not (tmp_path / "dl").exists()  # nothing left
 
 

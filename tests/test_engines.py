@@ -256,3 +256,38 @@ def test_protocol_round_trip(model: str) -> None:
     assert engine.num_parameters(net) == engine.summary(net)["params"] > 0
     with pytest.raises(ConfigError, match="^model_args: "):
         engine.build(model, {"no_such_argument": 1}, 10)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(engine, tmp_path,
+                                                                  monkeypatch) -> None:
+    """Optimizer state, schedule, dropout/augmentation randomness and early-stopping state
+    all come back: the resumed run ends bit-identical to one that never stopped."""
+    from mnistlab.run import RunDir
+
+    settings = {**BASE, **ENGINES[engine], "epochs": 4, "schedule": "cosine",
+                "eval_test": False, "runs_dir": str(tmp_path),
+                "model_args": {**ENGINES[engine]["model_args"], "dropout": 0.2}}
+    whole = training.train(TrainConfig(**settings, name="whole"), log=lambda *_: None)
+
+    real = RunDir.end_epoch
+
+    def stop_after_two(self, **kw):
+        out = real(self, **kw)
+        if kw["epoch"] == 1:
+            raise KeyboardInterrupt  # as a Ctrl-C right after epoch 2's checkpoints
+        return out
+
+    monkeypatch.setattr(RunDir, "end_epoch", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(TrainConfig(**settings, name="cut"), log=lambda *_: None)
+    monkeypatch.setattr(RunDir, "end_epoch", real)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+    cut = training.train(training.resume_config(tmp_path / "cut"), resume=tmp_path / "cut",
+                         log=lambda *_: None)
+    a, b = (json.loads((r / "checkpoints" / "last.json").read_text()) for r in (whole, cut))
+    assert a["weights"]["sha256"] == b["weights"]["sha256"] and b["epoch"] == 4
+    hist = [[{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+             for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+            for d in (whole, cut)]
+    assert hist[0] == hist[1]

@@ -521,16 +521,15 @@ def download_files(
                 except _LocalError:
                     raise
                 except DataError as e:
-                    tried.append(f"  - {e}")
+                    tried.append(str(e))
                     continue
                 order.remove(base)
                 order.insert(0, base)  # the next file tries the mirror that worked first
                 break
             else:
-                raise DataError(
-                    f"could not download {name} {split} {kind} ({fspec.name}.gz); "
-                    "tried:\n" + ("\n".join(tried) or "  - nothing: no mirror is known") + "\n"
-                    + manual_help
+                raise DataError(  # one line: what was tried, then what to do
+                    f"could not download {name} {split} {kind} ({fspec.name}.gz); tried: "
+                    + ("; ".join(tried) or "nothing: no mirror is known") + ". " + manual_help
                 )
     finally:
         for d in new_dirs:  # leave no empty directory behind when nothing was downloaded

@@ -113,9 +113,10 @@ class Optimizer:
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.t = int(d["t"])
-        self.lr = float(d["lr"])
-        self.base_lr = float(d.get("base_lr", d["lr"]))
+        # .item(): a scalar may come back 0-d or with shape (1,) (safetensors stores (1,))
+        self.t = int(np.asarray(d["t"]).item())
+        self.lr = float(np.asarray(d["lr"]).item())
+        self.base_lr = float(np.asarray(d.get("base_lr", d["lr"])).item())
         for slot, bufs in self.state.items():
             for p, buf in zip(self.params, bufs):
                 key = f"{slot}.{p.name}"
