@@ -257,6 +257,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mnistlab", "train", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     """Deterministic mode: a run killed with SIGKILL mid-training and resumed ends with
     bit-identical weights to a run that was never interrupted (dropout, augmentation and
