@@ -33,7 +33,6 @@ from .checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     base_meta,
-    load_checkpoint,
     save_checkpoint,
 )
 from .config import TrainConfig, from_dict
