@@ -312,6 +312,8 @@ def validate_meta(meta: dict[str, Any]) -> str | None:
     norm = meta["normalization"]
     if not (_finite(norm.get("mean")) and _finite(norm.get("std")) and norm["std"] > 0):
         return f"'normalization' needs a finite mean and a std > 0, got {norm!r:.60}"
+    if "train_state" in meta and "train_state_file" not in meta:
+        return "'train_state' needs its 'train_state_file'"
     for key in ("weights", "train_state_file"):
         if key in meta:
             problem = _file_entry(meta[key])
@@ -391,6 +393,10 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
         raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r} with "
                               f"{meta['model_args']}: {' '.join(lines[:3])}") from None
     engine.to_device(model, device)
+    outputs = engine.logits(model, np.zeros((1, 1, 28, 28), np.float32)).shape[1]
+    if outputs != len(meta["classes"]):
+        raise CheckpointError(f"{json_path}: the model has {outputs} outputs but the metadata "
+                              f"names {len(meta['classes'])} classes")
     if with_train_state and "train_state" in meta:
         from safetensors import SafetensorError
         from safetensors.numpy import load

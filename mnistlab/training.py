@@ -20,7 +20,7 @@ from . import data as data_mod
 from .checkpoint import load_checkpoint
 from .config import RESUMABLE, TrainConfig
 from .engines import engine_for_model
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, storage_error
 from .run import EarlyStopping, RunDir, has_checkpoint, read_run_info, saved_config
 
 __all__ = ["train", "Hooks", "load_splits", "resume_config", "TrainingDiverged"]
@@ -130,12 +130,23 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
             run.info["parameters"] = result.get("parameters")
             run.info["hardware"].update(result.get("hardware", {}))
         run.finish()
+    except OSError as e:  # a full disk, a read-only or vanished folder
+        run.fail(e)
+        raise storage_error(e, f"cannot write the run {run.path}",
+                            "free some space or choose another --runs-dir, then continue "
+                            f"with `mnistlab train --resume {run.path}`") from e
     except BaseException as e:
         run.fail(e)
         raise
     from .report import write_report
 
-    write_report(run.path, eval_test=cfg.eval_test, log=log, train_seconds=run.train_seconds)
+    try:
+        write_report(run.path, eval_test=cfg.eval_test, log=log,
+                     train_seconds=run.train_seconds)
+    except OSError as e:
+        raise storage_error(e, f"the run finished (checkpoints in {run.path / 'checkpoints'}) "
+                            "but its report could not be written",
+                            f"free some space, then `mnistlab report {run.path}`") from e
     return run.path
 
 
