@@ -51,7 +51,7 @@ from mnistlab.checkpoint import Checkpoint, load_checkpoint
 from mnistlab.compress import CompressConfig, compress, distill
 from mnistlab.config import build_config
 from mnistlab.export import export, load_onnx
-from mnistlab.train import train
+from mnistlab.training import train
 
 STUDENT = {"model": "mlp", "model_args": {"hidden": [64]}, "batch_size": 128, "lr": 3e-3,
            "optimizer": "adam", "schedule": "onecycle", "seed": 0}

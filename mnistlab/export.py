@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import CheckpointError
 
 FORMATS = ("onnx", "torchscript")
 INT8 = ("none", "dynamic", "static")
@@ -100,8 +101,9 @@ def _quiet() -> Iterator[None]:
 def export_meta(ck: Checkpoint, int8: str = "none") -> dict[str, Any]:
     """What travels inside an exported file: enough to preprocess and label, and where from."""
     m = ck.meta
-    keys = ("model", "model_args", "classes", "normalization", "dataset", "split", "seed",
-            "metrics", "parent", "compression", "distill", "versions", "code_version")
+    keys = ("model", "model_args", "classes", "normalization", "calibration", "dataset",
+            "split", "seed", "metrics", "parent", "compression", "distill", "versions",
+            "code_version")
     return {**{k: m[k] for k in keys if k in m},
             "source": {"path": str(ck.path.resolve()), "weights_sha256": m["weights"]["sha256"]},
             "exported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import MnistlabError
+from .limits import MAX_PIXELS
+
 # Formats Pillow may decode here (anything else is refused before decoding).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MIME_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
-MAX_PIXELS = 25_000_000  # decompression-bomb guard: width * height, checked before decoding
 WORK_SIDE = 1024  # larger images are box-averaged down first; the digit ends up 20 px anyway
 SIZE = 28  # output field
 BOX = 20  # the digit's bounding box is scaled to fit BOX x BOX
@@ -47,7 +49,7 @@ _RESAMPLE = Image.Resampling.LANCZOS
 ImageSource = Image.Image | bytes | bytearray | memoryview | str | os.PathLike
 
 
-class PreprocessError(ValueError):
+class PreprocessError(MnistlabError, ValueError):
     """An image cannot be turned into a model input; the message says why."""
 
 

@@ -497,7 +497,7 @@ def test_distillation_improves_a_small_student(runs_5k: dict, tmp_path: Path) ->
     96.2. The test asks for a mean gain of at least 0.5 point over two seeds."""
     from mnistlab.compress import distill
     from mnistlab.config import TrainConfig
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     quiet = lambda *_: None  # noqa: E731
     base = dict(dataset="mnist-5k", batch_size=128, schedule="onecycle", threads=1,

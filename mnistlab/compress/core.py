@@ -32,7 +32,8 @@ from ..checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ..config import ConfigError, TrainConfig, build_config
+from ..config import TrainConfig, build_config
+from ..errors import ConfigError
 from .prune import (
     SCOPES,
     GradualPruner,
@@ -125,12 +126,12 @@ def load_parent(source: str | Path) -> Checkpoint:
 
 def parent_config(ck: Checkpoint) -> TrainConfig:
     """The parent's training settings (its run's config.json), model as in its checkpoint."""
-    from ..train import resume_config
+    from ..run import saved_config
 
     run_dir = ck.path.parent.parent if ck.path.parent.name == "checkpoints" else None
     model = {"model": ck.meta["model"], "model_args": ck.meta["model_args"]}
     if run_dir is not None and (run_dir / "config.json").is_file():
-        return resume_config(run_dir).replace(**model)
+        return saved_config(run_dir).replace(**model)
     split = ck.meta.get("split", {})
     return build_config(None, {**model, "dataset": ck.meta["dataset"],
                                "seed": ck.meta.get("seed", 0),
@@ -142,8 +143,8 @@ def file_bytes(ck: Checkpoint) -> int:
 
 
 def _evaluate(model: torch.nn.Module, ds: Any, device: torch.device) -> float:
+    from ..engines.torch_engine import evaluate_loader
     from ..loader import BatchLoader
-    from ..train import evaluate_loader
 
     loader = BatchLoader(ds.images, ds.labels, batch_size=1000, mean=ds.mean, std=ds.std,
                          shuffle=False, device=device)
@@ -178,8 +179,11 @@ def _default_name(c: CompressConfig, parent: Checkpoint) -> str:
 
 def compress(c: CompressConfig, *, log: Callable[[str], None] = print) -> Path:
     """Prune, fine-tune and quantize ``c.source`` into a new run directory (returned)."""
+    from ..engines import get_engine
+    from ..engines.torch_engine import pick_device
     from ..report import write_report
-    from ..train import Hooks, load_splits, pick_device, train
+    from ..run import RunDir
+    from ..training import Hooks, load_splits, train
 
     parent = load_parent(c.source)
     pcfg = parent_config(parent)
@@ -261,9 +265,10 @@ def compress(c: CompressConfig, *, log: Callable[[str], None] = print) -> Path:
         if pruner is not None:
             record["gradual"] = {"mask_updates": [list(h) for h in pruner.history],
                                  "epochs": _epoch_sparsity(run_dir, pruner)}
-    else:
-        run_dir.joinpath("checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), **meta})
+    else:  # no training: the run scaffold still writes config.json and run.json
+        scaffold = RunDir.prepare(cfg, get_engine("torch"), classes=parent.classes,
+                                  normalization=parent.meta["normalization"], extra=meta)
+        scaffold.start(resumed=False)
         ck_meta = {**parent.meta, **meta, "epoch": parent.meta.get("epoch"),
                    "step": parent.meta.get("step")}
         ck_meta.pop("train_state", None)
@@ -291,6 +296,8 @@ def compress(c: CompressConfig, *, log: Callable[[str], None] = print) -> Path:
         f"{record['parent_weights_bytes']:,})")
     atomic_write_json(run_dir / "compression.json", record)
     write_section(run_dir, record, parent)
+    if not c.epochs:
+        scaffold.finish()
     write_report(run_dir, eval_test=pcfg.eval_test, log=log)
     return run_dir
 

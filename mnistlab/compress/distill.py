@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
+from ..errors import ConfigError
 
 
 class DistillError(ConfigError):
@@ -91,7 +92,8 @@ def distill(teachers: list[str | Path], cfg: TrainConfig, *, temperature: float 
     """Train ``cfg.model`` (the student) on ``cfg.dataset`` from the teachers' soft targets
     and the labels; returns the run directory. The teachers' classes must be the dataset's."""
     from .. import data as data_mod
-    from ..train import Hooks, pick_device, train
+    from ..engines.torch_engine import pick_device
+    from ..training import Hooks, train
 
     if temperature <= 0:
         raise DistillError(f"temperature: must be > 0, got {temperature:g}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models import create_model
 from ..models.base import Classifier
 
