@@ -278,13 +278,14 @@ def main() -> int:
     bench.parent_bytes["student"] = bench.parent_bytes["seed-cnn"]
     student = {**STUDENT, "epochs": args.distill_epochs, "dataset": args.dataset,
                "threads": args.threads, "progress": False, "runs_dir": str(runs)}
-    alone_run = runs / "student-alone"
+    tag = f"e{args.distill_epochs}"  # cached runs are named by their epochs
+    alone_run = runs / f"student-alone-{tag}"
     if not (alone_run / "checkpoints" / "best.json").is_file():
-        train(build_config(None, {**student, "name": "student-alone"}), log=log)
+        train(build_config(None, {**student, "name": alone_run.name}), log=log)
     alone, _ = bench.torch_row("student", "mlp 784-64-10 alone", alone_run)
-    dist_run = runs / "student-distilled"
+    dist_run = runs / f"student-distilled-{tag}"
     if not (dist_run / "checkpoints" / "best.json").is_file():
-        cfg = build_config(None, {**student, "name": "student-distilled"})
+        cfg = build_config(None, {**student, "name": dist_run.name})
         distill([seed_run, quick_run], cfg, temperature=T, alpha=ALPHA, log=log)
     distilled, _ = bench.torch_row("student", f"mlp 784-64-10 distilled (T={T:g})", dist_run)
 
