@@ -79,12 +79,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def finished(run: Path) -> bool:
+    """A run to reuse: its best checkpoint exists and it is not still training."""
+    info = run / "run.json"
+    status = json.loads(info.read_text()).get("status") if info.is_file() else "finished"
+    return (run / "checkpoints" / "best.json").is_file() and status == "finished"
+
+
 def ensure_trained(runs: Path, name: str, recipe: str, args: argparse.Namespace,
                    given: str | None, **over: Any) -> Path:
     if given:
         return Path(given)
     run = runs / name
-    if (run / "checkpoints" / "best.json").is_file():
+    if finished(run):
         log(f"reusing {run}")
         return run
     over = {"threads": args.threads, "progress": False, "runs_dir": str(runs), "name": name,
@@ -96,7 +103,7 @@ def ensure_trained(runs: Path, name: str, recipe: str, args: argparse.Namespace,
 def ensure_compressed(runs: Path, name: str, source: Path, args: argparse.Namespace,
                       **kw: Any) -> Path:
     run = runs / name
-    if (run / "checkpoints" / "best.json").is_file():
+    if finished(run):
         log(f"reusing {run}")
         return run
     log(f"compressing {source} -> {run}: {kw}")
@@ -280,11 +287,11 @@ def main() -> int:
                "threads": args.threads, "progress": False, "runs_dir": str(runs)}
     tag = f"e{args.distill_epochs}"  # cached runs are named by their epochs
     alone_run = runs / f"student-alone-{tag}"
-    if not (alone_run / "checkpoints" / "best.json").is_file():
+    if not finished(alone_run):
         train(build_config(None, {**student, "name": alone_run.name}), log=log)
     alone, _ = bench.torch_row("student", "mlp 784-64-10 alone", alone_run)
     dist_run = runs / f"student-distilled-{tag}"
-    if not (dist_run / "checkpoints" / "best.json").is_file():
+    if not finished(dist_run):
         cfg = build_config(None, {**student, "name": dist_run.name})
         distill([seed_run, quick_run], cfg, temperature=T, alpha=ALPHA, log=log)
     distilled, _ = bench.torch_row("student", f"mlp 784-64-10 distilled (T={T:g})", dist_run)
