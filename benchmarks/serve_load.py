@@ -20,7 +20,7 @@ The in-process floor is ``Predictor.predict_one`` on the same images (preprocess
 inference, no HTTP, one torch thread). Without a checkpoint a tiny MLP is trained first (a
 few seconds; full MNIST if MNISTLAB_DATA_DIR is set, else mnist-5k). The last line printed
 is one JSON object: requests, errors, p50_ms, p99_ms, requests_per_s, inprocess_p50_ms,
-server_cpu_ms_per_request, client_cpu_ms_per_request, mean_batch (from the server's log),
+inprocess_cpu_ms, server_cpu_ms_per_request, client_cpu_ms_per_request, mean_batch (from the server's log),
 cpus, loadavg_before, loadavg_after.
 """
 
@@ -261,10 +261,12 @@ def main() -> None:
     for p in payloads[:10]:
         predictor.predict_one(p)  # warm-up
     inproc = []
+    cpu0 = time.thread_time()
     for i in range(min(args.requests, 300)):
         t0 = time.perf_counter()
         predictor.predict_one(payloads[i % len(payloads)])
         inproc.append(time.perf_counter() - t0)
+    inproc_cpu_ms = (time.thread_time() - cpu0) * 1000 / len(inproc)
     del predictor
 
     # -- over HTTP
@@ -300,6 +302,7 @@ def main() -> None:
         "p99_ms": round(percentile_ms(latencies, 99), 2),
         "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
         "inprocess_p50_ms": round(statistics.median(inproc) * 1000, 2),
+        "inprocess_cpu_ms": round(inproc_cpu_ms, 3),  # CPU time of one predict_one
         "server_cpu_ms_per_request": per_request(cpu0, cpu1),
         "client_cpu_ms_per_request": per_request(client0, client1),
         # over the warm-up and the measured load together
@@ -318,7 +321,8 @@ def main() -> None:
     for e in sorted(set(errors))[:5]:
         print(f"  error: {e}")
     print(f"in-process Predictor.predict_one (preprocess + model, no HTTP): p50 "
-          f"{result['inprocess_p50_ms']} ms, p99 {percentile_ms(inproc, 99):.2f} ms")
+          f"{result['inprocess_p50_ms']} ms, p99 {percentile_ms(inproc, 99):.2f} ms, CPU "
+          f"{result['inprocess_cpu_ms']} ms each")
     if sent < args.requests:
         print(f"stopped at the {args.time_limit:.0f} s limit after {sent} requests")
     print(json.dumps(result))

@@ -244,10 +244,12 @@ def test_open_connections_are_bounded(trained_checkpoint: Path) -> None:
     app = create_app(trained_checkpoint, max_connections=3)
     health = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     with running(app) as port:
+        # connections are accepted in order, so the idle ones count before each request's
         idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-        time.sleep(0.3)  # let the server accept them
         try:
-            assert http(port, health).startswith(b"HTTP/1.1 503")
+            assert http(port, health).startswith(b"HTTP/1.1 200")  # the third: served
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert http(port, health).startswith(b"HTTP/1.1 503")  # a fourth: refused
         finally:
             for s in idle:
                 s.close()

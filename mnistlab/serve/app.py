@@ -372,12 +372,13 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
 
 def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
                   log_level: str = "info", access_log: bool = True) -> Any:
-    """uvicorn's settings for ``app``: at most ``max_connections`` open connections (the
-    rest get 503 from uvicorn) and as many waiting to be accepted, idle keep-alive
-    connections closed after 5 s, no ``server`` header."""
+    """uvicorn's settings for ``app``: at most ``max_connections`` open connections (a
+    request on one more gets uvicorn's plain 503) and as many waiting to be accepted, idle
+    keep-alive connections closed after 5 s, no ``server`` header."""
     import uvicorn
 
     limit = app.state.options.max_connections
+    # uvicorn answers 503 once its connections (this one included) reach limit_concurrency
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
                           access_log=access_log, server_header=False,
-                          limit_concurrency=limit, backlog=limit, timeout_keep_alive=5)
+                          limit_concurrency=limit + 1, backlog=limit, timeout_keep_alive=5)
