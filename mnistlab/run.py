@@ -49,8 +49,8 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{dataset.replace(':', '_')}-{stamp}"
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.json"))
+def has_checkpoint(run_dir: Path, which: str = "*") -> bool:
+    return any((run_dir / "checkpoints").glob(f"{which}.json"))
 
 
 def hardware() -> dict[str, Any]:
