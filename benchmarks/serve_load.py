@@ -10,8 +10,8 @@ keep-alive connections, each sending its next request when the last is answered,
 by ``--time-limit`` seconds.
 
 The client costs the shared cores little: one asyncio thread writing prepared request bytes
-and reading responses with plain streams (no HTTP library; uvloop if installed), about
-0.1 ms of CPU per request (printed as ``client_cpu_ms_per_request``). The server's own CPU
+and reading responses with plain streams (no HTTP library; uvloop if installed), a fraction
+of a millisecond of CPU per request (printed as ``client_cpu_ms_per_request``). The server's own CPU
 time per request (user + system, its whole process tree, from /proc) is printed beside
 requests/s: requests/s depends on the machine and what else runs on it, CPU per request
 much less so. Errors are any non-200 answer, a 200 without a label, or a broken connection.
@@ -80,13 +80,15 @@ def train_tiny(run_dir: Path) -> Path:
 
 
 def canvas_pngs(n: int) -> list[bytes]:
-    """``n`` MNIST test digits as the page's canvas sends them: 280x280, dark ink on white."""
+    """``n`` MNIST test digits (spread over the test split) as the page's canvas sends them:
+    280x280, dark ink on white."""
     from mnistlab import data
 
     name = "mnist" if os.environ.get("MNISTLAB_DATA_DIR") else "mnist-5k"
     ds = data.load(name, "test")
     out = []
-    for digit in ds.images[:n]:
+    for i in np.linspace(0, len(ds.labels) - 1, n).round().astype(int):  # mnist-5k is sorted
+        digit = ds.images[i]
         img = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR)
         buf = io.BytesIO()
         img.convert("RGBA").save(buf, "PNG")
