@@ -411,3 +411,25 @@ def _arg_dict() -> dict:
         else:
             out[key] = next(it)
     return out
+
+
+def test_hostile_files_for_predict_are_reported_not_hung(good_run, tmp_path, capsys) -> None:
+    """/dev/zero (endless), a named pipe (would block forever), a folder named like an
+    image, and --save-input onto a file: each one line; the good image is still predicted."""
+    from PIL import Image
+
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    (tmp_path / "dir.png").mkdir()
+    good = tmp_path / "good.png"
+    img = Image.new("L", (56, 56), 255)
+    img.paste(0, (20, 10, 36, 46))  # a dark bar: a "1" on white paper
+    img.save(good)
+    code = main(["predict", str(good_run), "/dev/zero", str(pipe), str(good)])
+    out, err = capsys.readouterr()
+    assert code == 1 and str(good) in out
+    assert "/dev/zero: error: not a regular file" in err
+    assert f"{pipe}: error: not a regular file" in err
+    code = main(["predict", str(good_run), str(good), "--save-input", str(good)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--save-input" in err and len(err.strip().splitlines()) == 1
