@@ -111,8 +111,10 @@ def test_padded_sizes_and_the_invariance_check() -> None:
     def depends_on_size(x):  # what BLAS does for small batches, exaggerated
         return row_sums(x) * (1 + (len(x) < 16) * 1e-3)
 
-    assert batch_invariant(row_sums, 32)
-    assert not batch_invariant(depends_on_size, 32)
+    assert batch_invariant(row_sums, 32, 4)
+    assert not batch_invariant(depends_on_size, 32, 4)
+    assert not batch_invariant(depends_on_size, 32, 8)
+    assert batch_invariant(depends_on_size, 32, 16)  # sizes 16 and 32 only
 
 
 # ------------------------------------------------------------------------------ the server

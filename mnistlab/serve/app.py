@@ -51,7 +51,7 @@ from ..preprocess import (
     PreprocessError,
     to_png,
 )
-from .batching import PAD_MULTIPLE, MicroBatcher, batch_invariant, padded_size
+from .batching import PAD_MULTIPLES, MicroBatcher, batch_invariant, padded_size
 from .bodies import ApiError, accepted_media, extract_image
 from .guards import Guard
 from .options import ServeOptions
@@ -177,7 +177,7 @@ class Workers:
 
     def __init__(self, predictor: Predictor, opts: ServeOptions):
         self.predictor, self.opts = predictor, opts
-        self.multiple = PAD_MULTIPLE
+        self.multiple = PAD_MULTIPLES[0]  # batches are padded to a multiple of this
         self.batcher: MicroBatcher[np.ndarray, Prediction] | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.inference: ThreadPoolExecutor | None = None
@@ -208,8 +208,12 @@ class Workers:
         self.inference = ThreadPoolExecutor(1, "mnistlab-inference",
                                             initializer=self._init_inference_thread)
         # Checked on the inference thread itself: kernels may depend on its thread count.
-        if not self.inference.submit(batch_invariant, self._probabilities,
-                                     self.opts.max_batch).result():
+        for multiple in PAD_MULTIPLES:
+            if self.inference.submit(batch_invariant, self._probabilities,
+                                     self.opts.max_batch, multiple).result():
+                self.multiple = multiple
+                break
+        else:
             self.multiple = self.opts.max_batch
             log.warning("this model's results depend on the batch size; every batch is "
                         "padded to --max-batch %d rows", self.opts.max_batch)

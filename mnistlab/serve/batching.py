@@ -95,10 +95,11 @@ class MicroBatcher(Generic[X, Y]):
 # (matrix-vector) and of 2-3 sum in another order than a batch of 4 or more, so a digit's
 # probabilities would differ in the last bits with the company it is batched in. Rows of a
 # batch of one fixed size are computed alike (rows do not interact in an eval-mode model),
-# so batches are padded with blank images: to a multiple of PAD_MULTIPLE rows when the model
-# is checked to give the same rows at all those sizes, else always to max_batch rows.
+# so batches are padded with blank images: to a multiple of the first of PAD_MULTIPLES for
+# which the model is checked to give the same rows at all those sizes, else always to
+# max_batch rows.
 
-PAD_MULTIPLE = 8
+PAD_MULTIPLES = (4, 8)
 
 
 def padded_size(n: int, max_batch: int, multiple: int) -> int:
@@ -107,7 +108,7 @@ def padded_size(n: int, max_batch: int, multiple: int) -> int:
 
 
 def batch_invariant(probabilities: Callable[[np.ndarray], np.ndarray], max_batch: int,
-                    multiple: int = PAD_MULTIPLE, seed: int = 0) -> bool:
+                    multiple: int, seed: int = 0) -> bool:
     """Whether ``probabilities((N, 28, 28) images01) -> (N, C)`` gives every row bitwise
     the same at each padded size ``multiple, 2*multiple, ... <= max_batch`` as in one batch
     of ``max_batch`` rows. Kernel choice depends on shapes, not values: random images do."""
