@@ -49,8 +49,8 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{dataset.replace(':', '_')}-{stamp}"
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.json"))
+def has_checkpoint(run_dir: Path, which: str = "*") -> bool:
+    return any((run_dir / "checkpoints").glob(f"{which}.json"))
 
 
 def hardware() -> dict[str, Any]:
@@ -66,6 +66,28 @@ def hardware() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(terse=True),
             "python": platform.python_version()}
+
+
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Delete the temporary files (``.NAME.tmp<pid>``) a killed process left in a run
+    directory, if that process is gone; returns how many were removed."""
+    removed = 0
+    for p in run_dir.rglob(".*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------ metrics log
@@ -198,6 +220,7 @@ class RunDir:
         """Create the directory and write config.json and run.json."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.path)
             if not resumed:  # a new run, or one that died before its first checkpoint
                 atomic_write_json(self.path / "config.json", self.cfg.to_dict())
                 (self.path / "metrics.jsonl").unlink(missing_ok=True)

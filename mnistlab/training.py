@@ -90,9 +90,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         if hooks.model is not None or info.get("parent") or info.get("finetune"):
             raise ConfigError("resume: a derived run (fine-tuned, pruned, distilled) cannot be "
                               "resumed: its preparation is not replayed; start it again")
-        if not has_checkpoint(Path(resume)):
-            log(f"{resume} has no checkpoint yet (it stopped during its first epoch): "
-                "starting it over")
+        if not has_checkpoint(Path(resume), "last"):
+            log(f"{resume} has no checkpoint to continue from (it stopped during its first "
+                "epoch): starting it over")
 
     # --- data and model, checked before anything is written
     train_ds, val_ds = load_splits(cfg)
@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     # checkpoints) finds its data again from any working directory
     cfg = cfg.replace(dataset=train_ds.name)
     state = None
-    if resume is not None and has_checkpoint(Path(resume)):
+    if resume is not None and has_checkpoint(Path(resume), "last"):
         ck = load_checkpoint(resume, which="last", device="cpu", with_train_state=True)
         if "train_state" not in ck.meta:
             raise ConfigError(f"resume: {ck.path} holds no training state")
