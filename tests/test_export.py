@@ -194,7 +194,7 @@ def test_serve_with_onnx_runtime(runs_5k: dict, exported: dict) -> None:
     from mnistlab.serve.app import create_app
 
     app = create_app(runs_5k["cnn"], runtime="onnx")
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")  # a Host the server answers
     info = client.get("/api/model").json()
     assert info["engine"] == "onnx" and info["runtime"].startswith("onnxruntime")
     hits = 0
