@@ -121,7 +121,7 @@ def test_oneshot_pruning_zeros_stay_zero_through_finetuning(runs_5k: dict, made:
     assert [p["sparsity"] for p in record["sweep"]] == [0.5, 0.9]
     report = (run / "report.md").read_text()
     for text in ("## Compression", "Accuracy against sparsity", "Per-layer sparsity",
-                 "backbone.1.0.weight", "compressed from"):
+                 "backbone.1.0.weight", "compressed: unstructured global oneshot"):
         assert text in report
     # fine-tuning recovered accuracy lost by pruning (validation split)
     assert record["val_acc"] > record["pruned_val_acc"]
