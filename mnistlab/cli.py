@@ -180,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_recipes)
 
     # commands that live with their own modules
+    from .cli_calibrate import add_parser as add_calibrate_parser
     from .cli_data import add_data_parser
     from .finetune import add_finetune_parser
     from .predict import add_predict_parser
     from .serve import add_serve_parser
 
-    for add in (add_data_parser, add_finetune_parser, add_predict_parser, add_serve_parser):
+    for add in (add_data_parser, add_finetune_parser, add_predict_parser, add_serve_parser,
+                add_calibrate_parser):
         add(sub)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import atomic_write_json, load_checkpoint
-from .evaluate import Evaluation, evaluate, format_metrics, softmax
+from .evaluate import Evaluation, evaluate, format_metrics, probabilities
 
 
 def _pyplot():
@@ -76,7 +76,7 @@ def plot_mistakes(ev: Evaluation, path: Path, n: int = 32) -> int:
     """The ``n`` most confident mistakes, titled 'true->predicted (confidence)'."""
     from .plots import image_grid
 
-    probs = softmax(ev.logits)
+    probs = probabilities(ev.logits, ev.metrics.get("temperature"))  # as the model reports them
     pred = probs.argmax(1)
     wrong = np.flatnonzero(pred != ev.dataset.labels)
     if len(wrong) == 0:
@@ -130,11 +130,20 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
     if meta.get("parent"):
         lines.append(f"- fine-tuned from: `{meta['parent'].get('path')}` "
                      f"(mode {meta.get('finetune', {}).get('mode')})")
-    lines += ["", "## Results", "", "| split | accuracy | loss | ECE | macro F1 |",
-              "|---|---|---|---|---|"]
+    cal = meta.get("calibration")
+    lines += ["", "## Results", "", "| split | accuracy | loss | ECE | ECE before calibration "
+              "| macro F1 |", "|---|---|---|---|---|---|"]
     for split, m in results.items():
+        before = f"{100 * m['ece_before']:.2f}%" if "ece_before" in m else "-"
         lines.append(f"| {split} | {100 * m['accuracy']:.2f}% | {m['loss']:.4f} | "
-                     f"{100 * m['ece']:.2f}% | {m['macro_f1']:.4f} |")
+                     f"{100 * m['ece']:.2f}% | {before} | {m['macro_f1']:.4f} |")
+    lines.append("")
+    if cal:
+        lines.append(f"Probabilities are calibrated by temperature scaling (T = "
+                     f"{cal['temperature']:.3f}, fitted on the {cal['n']:,} validation images); "
+                     f"loss and ECE are those of the calibrated probabilities.")
+    else:
+        lines.append("Probabilities are not calibrated (`mnistlab calibrate RUN` fits them).")
     last = splits[-1]
     m = results[last]
     lines += ["", f"## Per class ({last})", "", "| class | precision | recall | F1 | support |",

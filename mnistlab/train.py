@@ -358,11 +358,14 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
             break
     runlog.close()
 
-    # --- final evaluation and report (the best checkpoint; test split only here)
+    # --- calibration (validation split), final evaluation and report (test split only here)
+    from .calibrate import calibrate_run
     from .report import write_report
 
     if not cfg.restore_best:  # the last weights are the result
         save("best", val, epoch, with_state=False)
+    if len(val_ds):
+        calibrate_run(run_dir, data_dir=cfg.data_dir or None, log=log)
     write_report(run_dir, eval_test=cfg.eval_test, log=log, train_seconds=train_seconds)
     return run_dir
 

@@ -51,6 +51,7 @@ def _unsupported(cfg: TrainConfig) -> str | None:
 
 
 def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path:
+    from .calibrate import calibrate_run
     from .report import write_report
     from .train import RunLog, default_run_name, load_splits
 
@@ -124,5 +125,7 @@ def train_numpy(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Path
         runlog.close()
     if result["stopped_early"]:
         log(f"early stopping: best epoch {result['best_epoch']}")
+    if len(val):
+        calibrate_run(run_dir, data_dir=cfg.data_dir or None, log=log)
     write_report(run_dir, eval_test=cfg.eval_test, log=log, train_seconds=result["train_seconds"])
     return run_dir
