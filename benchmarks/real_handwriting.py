@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         auc_files = auroc(*file_scores)
         cal = p.calibration
         meta = p.meta
-        print(f"\n{run}: {meta['model']} {json.dumps(meta['model_args'])}, "
-              f"{'T = %.3f' % cal['temperature'] if cal else 'not calibrated'}")
+        t = f"T = {cal['temperature']:.3f}" if cal else "not calibrated"
+        print(f"\n{run}: {meta['model']} {json.dumps(meta['model_args'])}, {t}")
         print(f"  MNIST {args.split} accuracy (all {len(digits):,}, tensors) {100 * split_acc:.2f}%;"
               f"  not-a-digit AUROC vs Fashion-MNIST: tensors {auc_tensors:.4f}, "
               f"files {auc_files:.4f}")

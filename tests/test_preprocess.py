@@ -312,8 +312,8 @@ def test_any_pixels_give_a_valid_input_or_blank(w: int, h: int, raw: bytes, mode
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_raise_only_preprocess_errors(raw: bytes) -> None:
-    for data in (raw, png_header_only(8, 8)[:16] + raw):
+    for blob in (raw, png_header_only(8, 8)[:16] + raw):
         try:
-            preprocess_image(data)
+            preprocess_image(blob)
         except PreprocessError:
             pass
