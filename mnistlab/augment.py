@@ -2,7 +2,9 @@
 
 ``Augment(cfg, seed)(x)`` transforms a float batch ``(B, C, H, W)`` on any device. Every
 sample gets its own random rotation, scale, translation and shear (and optionally an elastic
-distortion and an erased rectangle), drawn from one CPU ``torch.Generator`` so the result is
+distortion, an erased rectangle, a thicker or thinner stroke and a low-resolution round trip
+that blurs it, the last two for real handwriting: the ``handwriting`` preset), drawn from
+one CPU ``torch.Generator`` so the result is
 the same on every device and can be resumed exactly (``state_dict``/``load_state_dict``).
 ``sample(n)`` draws the parameters and ``apply(x, params)`` applies them, so tests can pass
 explicit parameters. Out-of-image pixels and erased rectangles take ``fill`` (0 = background

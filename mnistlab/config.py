@@ -35,7 +35,7 @@ class TrainConfig:
     data_dir: str = ""  # "" -> --data-dir / $MNISTLAB_DATA_DIR / ~/.cache/mnistlab
     val_size: int = -1  # validation images held out of train (-1: 5,000 or 10% for small sets)
     labels_per_class: int = 0  # >0: train on only this many labelled images per class
-    augment: str = "none"  # none | affine | affine+elastic | full (see augment.py)
+    augment: str = "none"  # none | affine | affine+elastic | full | handwriting (augment.py)
     # --- model
     model: str = "fast-cnn"  # a name from `mnistlab models`
     model_args: dict = field(default_factory=dict)  # keyword arguments of the model

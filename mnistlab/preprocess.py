@@ -8,11 +8,19 @@ this way, so a photo or a drawing must be made the same way before it is classif
 
     decode (PNG, JPEG, BMP, GIF first frame, WebP; EXIF rotation applied; size-checked)
     -> flatten alpha onto white -> grayscale 0..1
-    -> polarity: dark ink on light paper is inverted, so ink is high
-    -> background removed, noise gated, contrast stretched so the strokes reach 1.0
+    -> paper from the border (median), ink at the far end of the histogram from it;
+       polarity: dark ink on light paper is inverted, so ink is high
+    -> paper level subtracted (a smooth surface under uneven light or a shadow), noise
+       averaged and gated, specks dropped, contrast stretched so the strokes reach 1.0
     -> crop to the ink's bounding box -> scale to fit 20x20 (aspect kept, antialiased)
     -> place in 28x28 with the centre of mass at (14, 14)
     -> float32 (28, 28) in 0..1, ink high
+
+The paper is not the median pixel: a thick, soft digit (an upscaled low-resolution scan)
+can cover most of its frame, and then the median is ink. Nor is the ink/paper split Otsu's
+threshold: with a shadow the histogram has three modes (lit paper, shadowed paper, ink)
+and Otsu may split the paper from its shadow. The border is paper unless a digit runs off
+every edge, and the ink is what departs furthest from it.
 
 Normalization with the model's own statistics is ``Checkpoint.normalize``; it is not done
 here, so this output is also what is shown to people as "the image the model saw".
