@@ -275,12 +275,13 @@ def test_cuda_matches_cpu(digits):
 def test_stroke_width_thickens_and_thins_a_bar():
     bar = torch.zeros(3, 1, 28, 28)
     bar[..., 4:24, 12:15] = 1.0  # a vertical stroke 3 px wide
-    p = AugmentParams(stroke=torch.tensor([1.0, -1.0, 0.0]))
+    bar = torch.cat([bar, bar[:1]])
+    p = AugmentParams(stroke=torch.tensor([1.0, -1.0, 0.0, 2.0]))
     out = Augment(NO_AFFINE).apply(bar, p)
     width = (out[:, 0, 14] > 0.5).sum(1)  # across the middle row
-    assert width.tolist() == [5, 1, 3]  # one 3x3 max / min moves each edge by 1 px
+    assert width.tolist() == [5, 1, 3, 7]  # each 3x3 max / min moves each edge by 1 px
     assert torch.equal(out[2], bar[2])
-    assert out.amax(dim=(1, 2, 3)).tolist() == [1.0, 1.0, 1.0]  # peak kept
+    assert out.amax(dim=(1, 2, 3)).tolist() == [1.0] * 4  # peak kept
 
 
 def test_stroke_width_on_real_digits_changes_ink_as_configured(digits):
@@ -334,7 +335,27 @@ def test_handwriting_preset_samples_with_probabilities_and_keeps_the_other_draws
     for name in ("angle", "scale", "translate", "shear", "displacement"):
         assert torch.equal(getattr(p, name), getattr(q, name)), name
     assert q.stroke is None and q.lowres is None
-    for bad in [dict(stroke=(-2.0, 0.5)), dict(stroke=(0.5, 0.2)), dict(lowres=(0, 10)),
+    for bad in [dict(stroke=(-2.0, 0.5)), dict(stroke=(0.5, 0.2)), dict(stroke=(0, 2.5)),
+                dict(lowres=(0, 10)),
                 dict(lowres_p=1.5)]:
         with pytest.raises(ValueError):
             AugmentConfig(**bad)
+
+
+def test_full_ink_stretches_soft_strokes_as_preprocessing_does(digits):
+    from mnistlab.preprocess import FULL_INK_SHARE
+
+    x = digits * 255
+    soft = Augment(NO_AFFINE).apply(x, AugmentParams(lowres=torch.full((len(x),), 10)))
+    cfg = replace(NO_AFFINE, full_ink=FULL_INK_SHARE)
+    out = Augment(cfg).apply(soft, AugmentParams())
+    for a, b in zip(soft.flatten(1), out.flatten(1)):
+        ink = a > 0.1 * a.max()
+        full = (b[ink] >= a.max() - 1e-3).float().mean()
+        assert FULL_INK_SHARE <= full <= FULL_INK_SHARE + 0.05  # the brightest quarter
+        kept = (a > 0) & (b < a.max() - 1e-3)  # not clipped: one gain for every pixel
+        gain = b[kept] / a[kept]
+        assert gain.max() - gain.min() < 1e-3 * gain.mean() and gain.min() > 1
+    assert (out >= soft - 1e-4).all() and out.max() <= 255 + 1e-3
+    blurred_full = ((soft > 0.98 * 255).flatten(1).float().mean(1)).mean()
+    assert blurred_full < 0.05  # the blur had left almost no full-ink pixels
