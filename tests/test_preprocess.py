@@ -168,7 +168,7 @@ def real_digits() -> np.ndarray:
 
 
 # ink relative to the original digit: pens and scans change it; elsewhere it is kept
-INK_RATIO = {"thick": (1.0, 2.6), "thin": (0.35, 1.0), "lowres-scan": (0.6, 2.2)}
+INK_RATIO = {"thick": (1.0, 2.6), "thin": (0.5, 1.25), "lowres-scan": (0.7, 2.3)}
 CHANGED_SHAPE = ("rotated", "lowres-scan", "thick")  # the picture itself differs more
 
 
@@ -178,7 +178,7 @@ def test_every_handwriting_style_lands_as_the_mnist_digit(style: str, real_digit
     about as much ink as the digit itself, and the same picture as the MNIST original
     (measured on these 24 digits: median correlation 0.90-1.00, 0.78-0.81 for the styles
     that change the shape; the lowest single one 0.51)."""
-    lo, hi = INK_RATIO.get(style, (0.6, 1.4))
+    lo, hi = INK_RATIO.get(style, (0.7, 1.45))  # measured 0.68-2.29 over all, 0.85-1.33 here
     sims = []
     for _, i, f in render_set(real_digits, [style], seed=0):
         original = real_digits[i].astype(np.float32) / 255
