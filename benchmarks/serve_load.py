@@ -86,7 +86,7 @@ def free_port() -> int:
 
 
 def start_server(checkpoint: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mnistlab.serve", checkpoint, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "mnistlab", "serve", checkpoint, "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -48,7 +48,7 @@ def smoothed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A label-smoothed CNN (as the quick recipe), which is under-confident: trained on the
     offline mnist-5k through the real loop, which calibrates it at the end."""
     from mnistlab.config import TrainConfig
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     try:
         data.load("mnist-5k", "train")
