@@ -51,11 +51,15 @@ def preprocess_all(predictor: Predictor, files: list[bytes]) -> tuple[np.ndarray
     return (np.stack(out) if out else np.zeros((0, 28, 28), np.float32)), ok
 
 
-def energies(p: Predictor, images01: np.ndarray) -> np.ndarray:
-    """The model's "not a digit" energy (higher: less like a digit), calibrated T if any."""
+def scores(p: Predictor, images01: np.ndarray) -> dict[str, np.ndarray]:
+    """"Not a digit" scores (higher: less like a digit), with the calibrated T if any: the
+    energy the Predictor uses, and the two it was chosen against (calibrate.py)."""
     logits = p.checkpoint.logits(p.checkpoint.normalize(images01))
-    cal = p.calibration
-    return energy(logits, cal["temperature"] if cal else 1.0)
+    t = p.calibration["temperature"] if p.calibration else 1.0
+    z = logits / t
+    probs = np.exp(z - z.max(1, keepdims=True))
+    return {"energy": energy(logits, t), "max_logit": -logits.max(1),
+            "max_probability": -(probs / probs.sum(1, keepdims=True)).max(1)}
 
 
 def labels_of(p: Predictor, images01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         tensor_acc = float((tensor_pred == labels).mean())
         all_pred, _ = labels_of(p, digits.images.astype(np.float32) / 255.0)
         split_acc = float((all_pred == digits.labels).mean())
-        inside = energies(p, digits.images.astype(np.float32) / 255.0)
-        outside = energies(p, fashion_images.astype(np.float32) / 255.0)
-        auc_tensors = auroc(inside, outside)
+        inside = scores(p, digits.images.astype(np.float32) / 255.0)
+        outside = scores(p, fashion_images.astype(np.float32) / 255.0)
+        auc_all = {k: auroc(inside[k], outside[k]) for k in inside}
+        auc_tensors = auc_all["energy"]
         file_scores = []
         for x, ok in ood_inputs:  # refused files count as detected: +inf energy
             e = np.full(len(ok), np.inf)
-            e[ok] = energies(p, x)
+            e[ok] = scores(p, x)["energy"]
             file_scores.append(e)
         auc_files = auroc(*file_scores)
         cal = p.calibration
@@ -134,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  MNIST {args.split} accuracy (all {len(digits):,}, tensors) {100 * split_acc:.2f}%;"
               f"  not-a-digit AUROC vs Fashion-MNIST: tensors {auc_tensors:.4f}, "
               f"files {auc_files:.4f}")
+        print("  (other scores on the tensors: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in auc_all.items() if k != "energy") + ")")
         print(f"  {'style':<16} {'accuracy':>9} {'refused':>8} {'not-digit':>10} "
               f"{'tensors':>8} {'gap':>6}")
         rows = {}
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][run] = {
             "model": meta["model"], "temperature": cal["temperature"] if cal else None,
             "split_accuracy": split_acc, "tensor_accuracy": tensor_acc,
-            "auroc_tensors": auc_tensors, "auroc_files": auc_files,
+            "auroc_tensors": auc_tensors, "auroc_files": auc_files, "auroc_scores": auc_all,
             "worst_style": worst, "worst_gap": rows[worst]["accuracy"] - tensor_acc,
             "styles": rows}
     print(json.dumps(report))
