@@ -52,8 +52,8 @@ def preprocess_all(predictor: Predictor, files: list[bytes]) -> tuple[np.ndarray
 
 
 def scores(p: Predictor, images01: np.ndarray) -> dict[str, np.ndarray]:
-    """"Not a digit" scores (higher: less like a digit), with the calibrated T if any: the
-    energy the Predictor uses, and the two it was chosen against (calibrate.py)."""
+    """The "not a digit" scores (higher: less like a digit), with the calibrated T if any:
+    the energy the Predictor uses, and the two it was chosen against (calibrate.py)."""
     logits = p.checkpoint.logits(p.checkpoint.normalize(images01))
     t = p.calibration["temperature"] if p.calibration else 1.0
     z = logits / t
