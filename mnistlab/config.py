@@ -27,7 +27,7 @@ from .errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle", "plateau")
 EARLY_STOP = ("none", "val_acc", "val_loss")
-AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full")  # == augment.PRESETS (tested)
+AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full", "handwriting")  # == augment.PRESETS
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # also linked as ./recipes
 
 __all__ = ["ConfigError", "TrainConfig", "build_config", "from_dict", "load_config_file",

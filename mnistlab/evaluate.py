@@ -28,6 +28,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def temperature_of(ck: Checkpoint) -> float | None:
+    """The checkpoint's fitted temperature (``mnistlab calibrate``), or None."""
+    return ck.temperature if ck.meta.get("calibration") else None
+
+
+def probabilities(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """Class probabilities (N, C): softmax(logits / T), T = 1 when there is none."""
+    return softmax(np.asarray(logits, np.float64) / (temperature or 1.0))
+
+
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
     """Equal-width bins of the top probability: each bin's range, count, mean confidence
     and accuracy (0 for an empty bin)."""
@@ -51,12 +61,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
                      for b in reliability_bins(probs, labels, bins)))
 
 
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] | tuple[str, ...],
-                    top_pairs: int = 10) -> dict[str, Any]:
+                    top_pairs: int = 10, temperature: float | None = None) -> dict[str, Any]:
+    """Metrics of the probabilities the model reports: calibrated by ``temperature`` when
+    given (then ``ece_before``/``loss_before`` are those of the raw softmax)."""
     k = len(classes)
-    probs = softmax(logits.astype(np.float64))
+    probs = probabilities(logits, temperature)
     pred = probs.argmax(1)
-    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
+    nll = _nll(probs, labels)
     confusion = np.zeros((k, k), dtype=np.int64)  # rows: true class, columns: predicted
     np.add.at(confusion, (labels, pred), 1)
     tp = np.diag(confusion).astype(np.float64)
@@ -68,11 +84,12 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] |
     order = np.argsort(-off, axis=None)[:top_pairs]
     pairs = [{"true": classes[i], "predicted": classes[j], "count": int(off[i, j])}
              for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
-    return {
+    out = {
         "n": int(len(labels)),
         "accuracy": float((pred == labels).mean()),
         "loss": float(nll),
         "ece": expected_calibration_error(probs, labels),
+        "temperature": temperature,
         "per_class": [
             {"class": c, "precision": float(precision[i]), "recall": float(recall[i]),
              "f1": float(f1[i]), "support": int(confusion[i].sum())}
@@ -82,6 +99,11 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] |
         "confused_pairs": pairs,
         "confusion": confusion.tolist(),
     }
+    if temperature:  # the same figures for the raw softmax
+        raw = probabilities(logits)
+        out["ece_before"] = expected_calibration_error(raw, labels)
+        out["loss_before"] = _nll(raw, labels)
+    return out
 
 
 def dataset_for(ck: Checkpoint, split: str, data_dir: str | None = None) -> data_mod.Dataset:
@@ -113,13 +135,19 @@ def evaluate(path: str | Path | Checkpoint, split: str = "test", *, which: str =
         ds = dataset_for(ck, split, data_dir)
     x = ck.normalize(ds.images.astype(np.float32) / 255.0)
     logits = ck.logits(x)
-    return Evaluation(compute_metrics(logits, ds.labels, ds.classes), ck, ds, logits)
+    metrics = compute_metrics(logits, ds.labels, ds.classes, temperature=temperature_of(ck))
+    return Evaluation(metrics, ck, ds, logits)
 
 
 def format_metrics(m: dict[str, Any], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"accuracy {100 * m['accuracy']:.2f}%  loss {m['loss']:.4f}  "
                  f"ECE {100 * m['ece']:.2f}%  macro-F1 {m['macro_f1']:.4f}  (n={m['n']:,})")
+    if m.get("temperature"):
+        lines.append(f"calibrated: temperature {m['temperature']:.3f}; before calibration "
+                     f"loss {m['loss_before']:.4f}, ECE {100 * m['ece_before']:.2f}%")
+    else:
+        lines.append("not calibrated (raw softmax); `mnistlab calibrate RUN` fits a temperature")
     lines.append(f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
     for r in m["per_class"]:
         lines.append(f"{r['class'][:12]:>12} {r['precision']:9.4f} {r['recall']:7.4f} "

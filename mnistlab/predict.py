@@ -3,6 +3,10 @@
     p = Predictor.load("runs/mnist-fast")          # a run directory or a checkpoint path
     [pred] = p.predict(["digit.jpg"])             # preprocess (preprocess.py) + model
     pred.label, pred.confidence, pred.unsure, pred.top_k, pred.input  # input: (28, 28) 0..1
+    pred.ood_score, pred.not_digit                # "not a digit" (calibrated runs only)
+
+Probabilities are calibrated (temperature scaling, calibrate.py) when the checkpoint holds a
+fitted temperature, as every run trained by this version does.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .calibrate import ood_scores
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import CheckpointError
+from .evaluate import probabilities
 from .limits import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from .preprocess import (
     EXTENSIONS,
@@ -36,6 +42,10 @@ class Prediction:
     top_k: list[tuple[str, float]]  # (class name, probability), most likely first
     probabilities: np.ndarray  # (num_classes,) float32, index = class
     input: np.ndarray  # (28, 28) float32 0..1, ink high: what the model saw
+    # share of validation digits that look more digit-like (energy score, calibrate.py):
+    # 0.5 typical, >= 0.99 flagged; None when the checkpoint is not calibrated
+    ood_score: float | None = None
+    not_digit: bool | None = None  # ood_score >= the calibration's threshold (0.99)
 
     def to_dict(self, classes: Sequence[str], *, with_input: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -45,16 +55,12 @@ class Prediction:
             "unsure": self.unsure,
             "top_k": [{"label": c, "probability": round(p, 6)} for c, p in self.top_k],
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, self.probabilities)},
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "not_digit": self.not_digit,
         }
         if with_input:
             out["input"] = np.round(self.input * 255).astype(np.uint8).tolist()
         return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:
@@ -84,6 +90,8 @@ class Predictor:
         self.threshold = threshold
         self.top_k = max(1, min(top_k, len(self.classes)))
         self.max_pixels = max_pixels
+        # None: raw softmax and no "not a digit" score (a run from before calibration)
+        self.calibration = checkpoint.meta.get("calibration")
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
@@ -106,10 +114,13 @@ class Predictor:
         images01 = as_mnist_arrays(images)
         if len(images01) == 0:
             return []
-        probs = _softmax(self.checkpoint.logits(self.checkpoint.normalize(images01)))
+        logits = self.checkpoint.logits(self.checkpoint.normalize(images01))
+        cal = self.calibration
+        probs = probabilities(logits, cal["temperature"] if cal else None)
+        ood = ood_scores(logits, cal) if cal and "ood" in cal else [None] * len(probs)
         k = self.top_k if top_k is None else max(1, min(top_k, len(self.classes)))
         out = []
-        for p, x in zip(probs, images01):
+        for p, x, o in zip(probs, images01, ood):
             order = np.argsort(-p, kind="stable")[:k]
             i = int(order[0])
             out.append(Prediction(
@@ -117,6 +128,8 @@ class Predictor:
                 unsure=bool(p[i] < self.threshold),
                 top_k=[(self.classes[j], float(p[j])) for j in order],
                 probabilities=p.astype(np.float32), input=x,
+                ood_score=None if o is None else float(o),
+                not_digit=None if o is None else bool(o >= cal["ood"]["threshold"]),
             ))
         return out
 

@@ -8,11 +8,19 @@ this way, so a photo or a drawing must be made the same way before it is classif
 
     decode (PNG, JPEG, BMP, GIF first frame, WebP; EXIF rotation applied; size-checked)
     -> flatten alpha onto white -> grayscale 0..1
-    -> polarity: dark ink on light paper is inverted, so ink is high
-    -> background removed, noise gated, contrast stretched so the strokes reach 1.0
+    -> paper from the border (median), ink at the far end of the histogram from it;
+       polarity: dark ink on light paper is inverted, so ink is high
+    -> paper level subtracted (a smooth surface under uneven light or a shadow), noise
+       averaged and gated, specks dropped, contrast stretched so the strokes reach 1.0
     -> crop to the ink's bounding box -> scale to fit 20x20 (aspect kept, antialiased)
     -> place in 28x28 with the centre of mass at (14, 14)
     -> float32 (28, 28) in 0..1, ink high
+
+The paper is not the median pixel: a thick, soft digit (an upscaled low-resolution scan)
+can cover most of its frame, and then the median is ink. Nor is the ink/paper split Otsu's
+threshold: with a shadow the histogram has three modes (lit paper, shadowed paper, ink)
+and Otsu may split the paper from its shadow. The border is paper unless a digit runs off
+every edge, and the ink is what departs furthest from it.
 
 Normalization with the model's own statistics is ``Checkpoint.normalize``; it is not done
 here, so this output is also what is shown to people as "the image the model saw".
@@ -44,6 +52,10 @@ BOX = 20  # the digit's bounding box is scaled to fit BOX x BOX
 # 10,000 test digits as (13.99, 14.01) +- 0.29, i.e. half a pixel below/right of 13.5.
 CENTRE = 14.0
 MIN_CONTRAST = 0.08  # ink must differ from the background by this much (0..1), else blank
+MIN_SNR = 3.0  # ... and by this many noise standard deviations (uniform noise is refused)
+BORDER = 1 / 32  # the border ring that shows the paper: this fraction of the shorter side
+NOISE_LEVEL = 0.03  # noisier images are box-averaged until their pixel noise is about this
+FULL_INK_SHARE = 0.25  # at least this share of the digit's ink pixels is stretched to 1.0
 _BBOX_LEVEL = 0.02  # after contrast stretching, ink below this is treated as background
 _RESAMPLE = Image.Resampling.LANCZOS
 
@@ -211,35 +223,134 @@ def _box3(a: np.ndarray) -> np.ndarray:
     return sum(p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
 
 
+def _box(a: np.ndarray, k: int) -> np.ndarray:
+    """k x k mean (k odd, edges replicated), from an integral image."""
+    if k <= 1:
+        return a
+    r = k // 2
+    s = np.zeros((a.shape[0] + k, a.shape[1] + k))
+    s[1:, 1:] = np.pad(a, r, mode="edge").astype(np.float64).cumsum(0).cumsum(1)
+    return ((s[k:, k:] - s[:-k, k:] - s[k:, :-k] + s[:-k, :-k]) / (k * k)).astype(np.float32)
+
+
+def _sweep(p: np.ndarray, k: int, op) -> np.ndarray:
+    """k x k minimum (op=np.minimum) or maximum (np.maximum) of an already padded (H, W)
+    array, 'valid' part only: (H - k + 1, W - k + 1). Separable: columns, then rows."""
+    h, w = p.shape[0] - k + 1, p.shape[1] - k + 1
+    out = p[:h]
+    for d in range(1, k):
+        out = op(out, p[d : d + h])
+    res = out[:, :w]
+    for d in range(1, k):
+        res = op(res, out[:, d : d + w])
+    return res
+
+
+def _odd(v: float) -> int:
+    k = max(1, math.ceil(v))
+    return k + 1 - k % 2
+
+
+def border(a: np.ndarray) -> np.ndarray:
+    """The pixels of the ring around the image (``BORDER`` of the shorter side, >= 1 px)."""
+    h, w = a.shape
+    b = max(1, round(BORDER * min(h, w)))
+    if 2 * b >= min(h, w):
+        return a.ravel()
+    return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[b:-b, :b].ravel(),
+                           a[b:-b, -b:].ravel()])
+
+
+def noise_sigma(a: np.ndarray) -> float:
+    """Robust std of pixel noise in (H, W): from second differences along rows and columns,
+    which vanish on flat areas and linear ramps (soft, upscaled edges) and have variance
+    6 sigma^2 for white noise; median absolute value, so strokes' edges do not count."""
+    if a.size > 65536:  # every other row / column is plenty for a median
+        a = a[::2, ::2]
+    d = np.concatenate([(a[:, :-2] - 2 * a[:, 1:-1] + a[:, 2:]).ravel(),
+                        (a[:-2] - 2 * a[1:-1] + a[2:]).ravel()])
+    return 1.4826 * float(np.median(np.abs(d))) / math.sqrt(6) if d.size else 0.0
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean width of the strokes in a boolean (H, W) mask, pixels: 2 * area / perimeter
+    (a stroke of length L and width w has area L w and perimeter ~2 L)."""
+    p = np.pad(mask, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    edge = int((mask & ~inner).sum())
+    return 2.0 * float(mask.sum()) / max(edge, 1)
+
+
+def background(ink: np.ndarray, size: int, paper: float, limit: float) -> np.ndarray:
+    """The paper level under an ink-high (H, W) image, for uneven light and shadows: a
+    morphological opening (minimum, then maximum over size x size windows) removes every
+    structure narrower than ``size`` (the strokes) and keeps broad ones and ramps. Outside
+    the image the border is continued, except ink on it (above ``limit``), which continues
+    as ``paper``: a digit that touches the frame still has paper beyond it. Computed on a
+    copy area-averaged so that the window is ~9 px, then smoothed and upsampled."""
+    h, w = ink.shape
+    f = max(1, size // 9)
+    a = np.asarray(Image.fromarray(ink.astype(np.float32), "F").reduce(f)) if f > 1 else ink
+    k = _odd(size / f)
+    r = k // 2
+    p = np.pad(a, r, mode="edge")
+    ring = np.ones(p.shape, bool)
+    ring[r:-r, r:-r] = False
+    p[ring & (p > limit)] = paper
+    opened = _sweep(np.pad(_sweep(p, k, np.minimum), r, mode="edge"), k, np.maximum)
+    opened = _box(opened, k)
+    if f == 1:
+        return opened
+    up = Image.fromarray(opened, "F").resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(up, dtype=np.float32)
+
+
 def ink_map(gray: np.ndarray, alpha: np.ndarray | None = None, *,
             invert: bool | None = None) -> np.ndarray:
     """Gray (H, W) in 0..1 -> ink (H, W) in 0..1: background 0, strokes ~1.
 
-    ``invert``: None detects the polarity (ink is whatever departs further from the
-    background: dark on light paper, or light on a dark screen); True/False force it.
-    Raises ``EmptyImageError`` when no ink stands out.
+    The paper is what the border shows; the ink is the far end of the histogram from it,
+    whatever share of the frame it covers. ``invert``: None detects the polarity (dark ink
+    on light paper, or light on a dark screen); True/False force it. Raises
+    ``EmptyImageError`` when no ink stands out from the paper and its noise.
     """
     if float(gray.max() - gray.min()) < MIN_CONTRAST and alpha is not None \
             and float(alpha.max() - alpha.min()) >= MIN_CONTRAST:
         # Strokes in one colour on a transparent canvas (e.g. white on transparent): after
         # flattening onto white nothing is left, but the alpha channel is the drawing.
         gray, invert = alpha, False
-    bg = float(np.median(gray))
-    if invert is None:
-        # The smoothed extremes ignore single-pixel noise; a 1-px stroke keeps 1/3 of its depth.
-        smooth = _box3(gray)
-        invert = bool(bg - smooth.min() > smooth.max() - bg)
-    ink = 1.0 - gray if invert else gray
-    bg = 1.0 - bg if invert else bg
-    x = ink - bg  # (H, W), background ~0
-    sigma = 1.4826 * float(np.median(np.abs(x)))  # robust noise level (MAD); 0 if clean
-    x = np.clip(x - 3.0 * sigma, 0.0, None)
-    if float(x.max()) < MIN_CONTRAST:
+    smooth = _box3(gray)  # single noisy pixels keep 1/9 of their depth; a 1-px line 1/3
+    lo, hi = float(smooth.min()), float(smooth.max())
+    if hi - lo < MIN_CONTRAST:
         raise EmptyImageError("blank image: no ink stands out from the background")
+    if invert is None:  # light paper: the border is nearer the light end than the dark one
+        invert = bool(float(np.median(border(smooth))) > (lo + hi) / 2)
+    ink = 1.0 - gray if invert else gray  # (H, W), ink high
+    smooth = 1.0 - smooth if invert else smooth
+    paper = float(np.median(border(smooth)))  # (the ring of the ink-high copy)
+    contrast = float(smooth.max()) - paper
+    sigma = noise_sigma(ink)
+    if contrast < max(MIN_CONTRAST, MIN_SNR * sigma):
+        raise EmptyImageError("blank image: no ink stands out from the background"
+                              + (" and its noise" if contrast >= MIN_CONTRAST else ""))
+
+    # Paper level: uniform if the border is (it shows lighting and shadows); otherwise the
+    # strokes are removed by an opening ~2.5x their width (soft edges too) and what is left
+    # is subtracted, but never more than half the contrast.
+    limit = paper + 0.5 * contrast
+    ring = border(smooth)
+    bg: float | np.ndarray = paper
+    if float(np.percentile(ring, 95) - np.percentile(ring, 5)) > 0.1 * contrast + 2 * sigma:
+        size = _odd(min(2.5 * stroke_width(smooth > limit) + 2, max(ink.shape) / 2))
+        bg = np.minimum(background(smooth, size, paper, limit), limit)
+    k = _odd(sigma / NOISE_LEVEL)  # denoise: white noise falls as 1/k under a k x k mean
+    x = np.clip(_box(ink, k) - bg - 3.0 * sigma / k, 0.0, None)  # gated above the noise
 
     # Strokes: pixels well above the noise, with at least two stroke neighbours, which
     # removes isolated specks (salt noise, dust) but keeps 1-px lines.
     positive = x[x > 0]
+    if positive.size == 0:
+        raise EmptyImageError("blank image: no ink stands out from the background")
     peak = float(np.percentile(positive, 99))
     mask = x > max(0.3 * peak, MIN_CONTRAST)
     mask &= _shifted_sum(mask, 1) >= 3  # itself + 2 neighbours
@@ -248,8 +359,10 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None = None, *,
     peak = float(np.percentile(x[mask], 99))  # the strokes' own level, not a stray speck's
     if peak < MIN_CONTRAST:
         raise EmptyImageError("blank image: no ink stands out from the background")
-    # Keep the antialiased fringe next to strokes; drop everything far from them.
-    return np.clip(x / peak, 0.0, 1.0) * _dilate(mask, 2)
+    # Keep the antialiased fringe next to strokes (wider on big images, where soft edges
+    # span more pixels); drop everything far from them.
+    radius = max(2, round(max(x.shape) / 128))
+    return np.clip(x / peak, 0.0, 1.0) * _dilate(mask, radius)
 
 
 # ------------------------------------------------------------------------------ MNIST layout
@@ -278,8 +391,11 @@ def mnist_layout(ink: np.ndarray) -> np.ndarray:
     top = float(digit.max())
     if top <= 0:
         raise EmptyImageError("blank image: no ink left after scaling")
-    # MNIST strokes reach full ink. Stretch once more at the final size, where averaging has
-    # removed the noise that made the full-size peak uncertain (and thin strokes grey).
+    # MNIST strokes reach full ink over their core (the NIST digits were binary): in 90% of
+    # MNIST digits at least a quarter of the ink pixels are saturated (median 40%). Stretch
+    # once more at the final size, where averaging has removed the noise, so that the
+    # brightest quarter of the ink is full: soft, upscaled or thin strokes come out as MNIST's.
+    top = float(np.percentile(digit[digit > 0.1 * top], 100 * (1 - FULL_INK_SHARE)))
     digit = np.minimum(digit / top, 1.0)
 
     # Integer translation, as MNIST did: no resampling blur. Clip what falls outside.

@@ -23,7 +23,7 @@ import numpy as np
 from .checkpoint import atomic_write_json, load_checkpoint
 from .config import to_toml
 from .errors import MnistlabError
-from .evaluate import Evaluation, evaluate, format_metrics, reliability_bins, softmax
+from .evaluate import Evaluation, evaluate, format_metrics, probabilities, reliability_bins
 from .run import read_records, read_run_info, saved_config
 
 
@@ -146,7 +146,7 @@ def plot_mistakes(ev: Evaluation, path: Path, n: int = 32) -> int:
     """The ``n`` most confident mistakes, titled 'true->predicted (confidence)'."""
     from .plots import image_grid
 
-    probs = softmax(ev.logits)
+    probs = probabilities(ev.logits, ev.metrics.get("temperature"))  # as the model reports them
     pred = probs.argmax(1)
     wrong = np.flatnonzero(pred != ev.dataset.labels)
     if len(wrong) == 0:
@@ -170,8 +170,9 @@ def write_eval_artifacts(ev: Evaluation, run_dir: Path, split: str,
     atomic_write_json(out[0], ev.metrics)
     plot_confusion(ev.metrics["confusion"], list(ev.dataset.classes), out[1],
                    f"confusion matrix ({split}, {which})")
-    plot_reliability(softmax(ev.logits), ev.dataset.labels, out[2],
-                     f"reliability ({split}, {which})")
+    calibrated = " calibrated" if ev.metrics.get("temperature") else ""
+    plot_reliability(probabilities(ev.logits, ev.metrics.get("temperature")), ev.dataset.labels,
+                     out[2], f"reliability ({split}, {which}{calibrated})")
     if plot_mistakes(ev, plots / f"mistakes_{tag}.png"):
         out.append(plots / f"mistakes_{tag}.png")
     return out
@@ -220,11 +221,20 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
     if meta.get("parent"):
         lines.append(f"- derived from: `{meta['parent'].get('path')}` "
                      f"({_derivation(meta)})")
-    lines += ["", "## Results", "", "| split | accuracy | loss | ECE | macro F1 |",
-              "|---|---|---|---|---|"]
+    cal = meta.get("calibration")
+    lines += ["", "## Results", "", "| split | accuracy | loss | ECE | ECE before calibration "
+              "| macro F1 |", "|---|---|---|---|---|---|"]
     for split, m in results.items():
+        before = f"{100 * m['ece_before']:.2f}%" if "ece_before" in m else "-"
         lines.append(f"| {split} | {100 * m['accuracy']:.2f}% | {m['loss']:.4f} | "
-                     f"{100 * m['ece']:.2f}% | {m['macro_f1']:.4f} |")
+                     f"{100 * m['ece']:.2f}% | {before} | {m['macro_f1']:.4f} |")
+    lines.append("")
+    if cal:
+        lines.append(f"Probabilities are calibrated by temperature scaling (T = "
+                     f"{cal['temperature']:.3f}, fitted on the {cal['n']:,} validation images); "
+                     f"loss and ECE are those of the calibrated probabilities.")
+    else:
+        lines.append("Probabilities are not calibrated (`mnistlab calibrate RUN` fits them).")
     last = splits[-1]
     m = results[last]
     lines += ["", f"## Per class ({last})", "", "| class | precision | recall | F1 | support |",

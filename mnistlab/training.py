@@ -5,8 +5,9 @@
 Everything is checked before anything is written: the config (each engine honours every
 field or refuses it, naming it), the data, and the model's arguments. The engine's loop
 (engines/torch_engine.py or engines/numpy_engine.py) then trains through the run scaffold
-(run.py); the best checkpoint is evaluated once at the end, on the test split, for the
-report. Model selection and early stopping use the validation split only.
+(run.py); the best checkpoint is then calibrated on the validation split (calibrate.py) and
+evaluated once, on the test split, for the report. Model selection and early stopping use
+the validation split only.
 """
 
 from __future__ import annotations
@@ -138,9 +139,11 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     except BaseException as e:
         run.fail(e)
         raise
+    from .calibrate import calibrate_run
     from .report import write_report
 
-    try:
+    try:  # calibrated on the validation split (the report then shows it), then the report
+        calibrate_run(run.path, data_dir=cfg.data_dir or None, log=log)
         write_report(run.path, eval_test=cfg.eval_test, log=log,
                      train_seconds=run.train_seconds)
     except OSError as e:

@@ -267,3 +267,95 @@ def test_cuda_matches_cpu(digits):
     gpu = Augment(cfg, seed=3)(digits.cuda())
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
+
+
+# ---- pen width and low resolution (the "handwriting" preset) ------------------------------
+
+
+def test_stroke_width_thickens_and_thins_a_bar():
+    bar = torch.zeros(3, 1, 28, 28)
+    bar[..., 4:24, 12:15] = 1.0  # a vertical stroke 3 px wide
+    bar = torch.cat([bar, bar[:1]])
+    p = AugmentParams(stroke=torch.tensor([1.0, -1.0, 0.0, 2.0]))
+    out = Augment(NO_AFFINE).apply(bar, p)
+    width = (out[:, 0, 14] > 0.5).sum(1)  # across the middle row
+    assert width.tolist() == [5, 1, 3, 7]  # each 3x3 max / min moves each edge by 1 px
+    assert torch.equal(out[2], bar[2])
+    assert out.amax(dim=(1, 2, 3)).tolist() == [1.0] * 4  # peak kept
+
+
+def test_stroke_width_on_real_digits_changes_ink_as_configured(digits):
+    x = digits * 255
+    n = len(x)
+    thick = Augment(NO_AFFINE).apply(x, AugmentParams(stroke=torch.full((n,), 1.0)))
+    thin = Augment(NO_AFFINE).apply(x, AugmentParams(stroke=torch.full((n,), -0.6)))
+    mass = lambda t: t.flatten(1).sum(1) / x.flatten(1).sum(1)  # noqa: E731
+    assert (mass(thick) > 1.3).all() and (thick >= x - 1e-4).all()  # dilation only adds
+    assert (mass(thin) < 1).all() and mass(thin).mean() < 0.75  # measured: 0.48-0.95, mean ~0.57
+    assert torch.allclose(thin.amax(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("side", [14, 7])
+def test_lowres_matches_area_pooling_and_bilinear_upsampling(digits, side):
+    """Against torch's own ops where they agree (sides dividing 28): average pooling down,
+    bilinear (align_corners=False) up, then the peak restored."""
+    x = digits
+    out = Augment(NO_AFFINE).apply(x, AugmentParams(lowres=torch.full((len(x),), side)))
+    ref = F.interpolate(F.avg_pool2d(x, 28 // side), size=(28, 28), mode="bilinear",
+                        align_corners=False)
+    ref = ref * x.amax(dim=(1, 2, 3), keepdim=True) / ref.amax(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def test_lowres_blurs_more_at_lower_resolution_and_28_is_identity(digits):
+    x = digits[:16]
+
+    def detail(t: torch.Tensor) -> float:  # energy of the horizontal differences
+        return float((t[..., 1:] - t[..., :-1]).pow(2).mean())
+
+    outs = {r: Augment(NO_AFFINE).apply(x, AugmentParams(lowres=torch.full((16,), r)))
+            for r in (28, 20, 14, 10)}
+    assert torch.equal(outs[28], x)
+    levels = [detail(outs[r]) for r in (28, 20, 14, 10)]
+    assert levels == sorted(levels, reverse=True) and levels[-1] < 0.6 * levels[0], levels
+
+
+def test_handwriting_preset_samples_with_probabilities_and_keeps_the_other_draws():
+    hw = augment_preset("handwriting")
+    p = Augment(hw, seed=3).sample(4000)
+    changed = p.stroke != 0
+    assert abs(changed.float().mean() - hw.stroke_p) < 0.03
+    assert p.stroke.min() >= hw.stroke[0] and p.stroke.max() <= hw.stroke[1]
+    low = p.lowres < 28
+    assert abs(low.float().mean() - hw.lowres_p) < 0.03
+    assert set(p.lowres[low].tolist()) == set(range(hw.lowres[0], hw.lowres[1] + 1))
+    # the new parameters are drawn last: the affine and elastic ones are those of the same
+    # configuration without them (so older presets keep their random stream)
+    q = Augment(replace(hw, stroke_p=0.0, lowres_p=0.0), seed=3).sample(4000)
+    for name in ("angle", "scale", "translate", "shear", "displacement"):
+        assert torch.equal(getattr(p, name), getattr(q, name)), name
+    assert q.stroke is None and q.lowres is None
+    for bad in [dict(stroke=(-2.0, 0.5)), dict(stroke=(0.5, 0.2)), dict(stroke=(0, 2.5)),
+                dict(lowres=(0, 10)),
+                dict(lowres_p=1.5)]:
+        with pytest.raises(ValueError):
+            AugmentConfig(**bad)
+
+
+def test_full_ink_stretches_soft_strokes_as_preprocessing_does(digits):
+    from mnistlab.preprocess import FULL_INK_SHARE
+
+    x = digits * 255
+    soft = Augment(NO_AFFINE).apply(x, AugmentParams(lowres=torch.full((len(x),), 10)))
+    cfg = replace(NO_AFFINE, full_ink=FULL_INK_SHARE)
+    out = Augment(cfg).apply(soft, AugmentParams())
+    for a, b in zip(soft.flatten(1), out.flatten(1)):
+        ink = a > 0.1 * a.max()
+        full = (b[ink] >= a.max() - 1e-3).float().mean()
+        assert FULL_INK_SHARE <= full <= FULL_INK_SHARE + 0.05  # the brightest quarter
+        kept = (a > 0) & (b < a.max() - 1e-3)  # not clipped: one gain for every pixel
+        gain = b[kept] / a[kept]
+        assert gain.max() - gain.min() < 1e-3 * gain.mean() and gain.min() > 1
+    assert (out >= soft - 1e-4).all() and out.max() <= 255 + 1e-3
+    blurred_full = ((soft > 0.98 * 255).flatten(1).float().mean(1)).mean()
+    assert blurred_full < 0.05  # the blur had left almost no full-ink pixels

@@ -80,3 +80,17 @@ def test_fast_cnn_flattens_in_hwc_order() -> None:
     flat = _FlattenNHWC()(x.contiguous(memory_format=torch.channels_last))
     assert torch.equal(flat, x.permute(0, 2, 3, 1).reshape(2, -1))
     assert torch.equal(_FlattenNHWC()(x), flat)  # the order does not depend on the layout
+
+
+def test_fast_cnn_depth_adds_convolutions_per_block() -> None:
+    one = create_model("fast-cnn", widths=[8, 16], depth=1)
+    two = create_model("fast-cnn", widths=[8, 16], depth=2)
+    convs = lambda m: sum(isinstance(x, torch.nn.Conv2d) for x in m.modules())  # noqa: E731
+    assert (convs(one), convs(two)) == (2, 4)
+    extra = (8 * 9 * 8 + 2 * 8) + (16 * 9 * 16 + 2 * 16)  # conv (no bias) + BN per block
+    assert count_parameters(two) - count_parameters(one) == extra
+    x = torch.randn(3, 1, 28, 28)
+    assert two(x).shape == (3, 10)
+    assert create_model("fast-cnn", **two.config).config == two.config  # rebuilt from a checkpoint
+    with pytest.raises(ValueError, match="depth"):
+        create_model("fast-cnn", depth=0)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ..errors import MnistlabError
 from . import (
+    calibrate,
     compress,
     data,
     evaluate,
@@ -33,8 +34,8 @@ from . import (
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, PREFIX, HelpFormatter, Parser
 
 # in the order `mnistlab --help` lists them
-COMMANDS = (train, finetune, compress, evaluate, report, runs, export, predict, serve, models,
-            data)
+COMMANDS = (train, finetune, compress, evaluate, calibrate, report, runs, export, predict, serve,
+            models, data)
 
 
 def build_parser() -> Parser:

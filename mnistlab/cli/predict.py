@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
             else:
                 alts = ", ".join(f"{c} {p:.1%}" for c, p in pred.top_k)
                 flag = "  (unsure)" if pred.unsure else ""
-                print(f"{path}: {pred.label} ({pred.confidence:.1%}){flag}  [{alts}]", file=out)
+                if pred.not_digit:
+                    flag += "  (not like a digit)"
+                ood = "" if pred.ood_score is None else f"  ood {pred.ood_score:.2f}"
+                print(f"{path}: {pred.label} ({pred.confidence:.1%}){flag}  [{alts}]{ood}",
+                      file=out)
         out.flush()
     if failures and not args.json:
         print(f"{failures} of {len(items)} image(s) could not be predicted", file=err)

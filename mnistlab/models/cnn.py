@@ -179,14 +179,22 @@ class FastCNN(Classifier):
         widths: tuple[int, ...] | list[int] = (32, 32),
         dense: int = 128,  # hidden dense layer before the head (0: none)
         fold: int = 2,  # stem: fold r x r patches into channels (1: none)
+        depth: int = 1,  # convolutions per block; the extra ones are conv 3x3 -> BN -> ReLU
     ):
         super().__init__()
-        self.config = dict(num_classes=num_classes, widths=list(widths), dense=dense, fold=fold)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.config = dict(num_classes=num_classes, widths=list(widths), dense=dense, fold=fold,
+                           depth=depth)
         blocks: list[nn.Module] = []
         cin = fold * fold
         for i, w in enumerate(widths):
             stem = [_Stem(fold)] if i == 0 else []
-            blocks.append(nn.Sequential(*stem, *_conv_pool_bn(cin, w)))
+            extra: list[nn.Module] = []
+            for _ in range(depth - 1):  # at the block's input resolution, before its pool
+                extra += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+                cin = w
+            blocks.append(nn.Sequential(*stem, *extra, *_conv_pool_bn(cin, w)))
             cin = w
         side = 28 // fold // 2 ** len(widths)  # each block halves the map (floor): 14 -> 7 -> 3
         if 28 % fold or side < 1:

@@ -79,8 +79,13 @@ class TopK(BaseModel):
 class PredictionOut(BaseModel):
     label: str = Field(description="the predicted class name")
     index: int = Field(description="its class index")
-    confidence: float = Field(description="its probability")
+    confidence: float = Field(description="its probability (calibrated when the model is)")
     unsure: bool = Field(description="confidence is below the server's threshold")
+    ood_score: float | None = Field(
+        None, description="'not a digit' score 0..1: the share of validation digits that look "
+                          "more digit-like (0.5 typical); null if the model is not calibrated")
+    not_digit: bool | None = Field(
+        None, description="ood_score is at or above the model's threshold (0.99)")
     top_k: list[TopK]
     probabilities: dict[str, float] = Field(description="class name -> probability")
     input: list[list[int]] = Field(description="the 28x28 image the model saw, 0..255, ink high")
