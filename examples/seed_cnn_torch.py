@@ -5,7 +5,7 @@
 
 The text's settings: Adam at 1e-4, batch 100, 2,000 steps, the batch accuracy printed every
 100 steps, then the test accuracy. Measured with them (seed 0, 1 thread, see docs/guide.md,
-"Coding problem 2"): 98.86% test accuracy on full MNIST.
+"Problem 2"): 98.78% MNIST test accuracy (98.56% validation).
 
 The text's structure is kept: helper functions ``conv2d`` and ``fc``, a ``conv_net`` built
 from them, weights and biases in two dictionaries under the text's names. What changed:

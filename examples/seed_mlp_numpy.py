@@ -3,8 +3,9 @@
     python examples/seed_mlp_numpy.py                      # full MNIST, 784-64-10, 10 epochs
     python examples/seed_mlp_numpy.py --dataset mnist-5k   # offline, 3,600 training digits
 
-Measured (seed 0, see docs/guide.md, "Coding problem 1"): full MNIST 97.36% test accuracy
-after 10 epochs; mnist-5k 92.70% on its 1,000 held-out digits.
+Measured (seed 0, see docs/guide.md, "Problem 1"): 97.21% MNIST test accuracy after 10
+epochs (97.30% validation; the learning rate, 1.0, was chosen on validation from 0.5, 1.0
+and 2.0); mnist-5k: 93.60% on its 1,000 held-out digits.
 
 The text's answer keeps the shape of a classic program (sigmoid, forward, backward, train,
 a weight list, a loop) and this file keeps it too; what changed, line by line, and why:
