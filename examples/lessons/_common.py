@@ -48,14 +48,24 @@ def run(overrides: dict[str, Any], runs_dir: str | Path, name: str, *,
     from mnistlab.train import train
 
     run_dir = Path(runs_dir) / name
-    if not (reuse and (run_dir / "eval_val.json").is_file()):
-        if run_dir.exists():  # an unfinished or stale run: start it again
+    cfg = build_config(None, {**BASE, **overrides, "runs_dir": str(runs_dir), "name": name})
+    if not (reuse and _finished_with(run_dir, cfg.to_dict())):
+        if run_dir.exists():  # an unfinished run, or one of another configuration
             import shutil
 
             shutil.rmtree(run_dir)
-        cfg = build_config(None, {**BASE, **overrides, "runs_dir": str(runs_dir), "name": name})
         train(cfg, log=lambda *_: None)
     return read_run(run_dir)
+
+
+def _finished_with(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether run_dir holds a finished run of exactly this configuration."""
+    path = run_dir / "config.json"
+    if not ((run_dir / "eval_val.json").is_file() and path.is_file()):
+        return False
+    saved = json.loads(path.read_text())
+    return all(json.dumps(saved.get(k)) == json.dumps(v) for k, v in config.items()
+               if k != "runs_dir")  # the same directory, however it was named
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

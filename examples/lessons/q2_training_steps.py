@@ -10,7 +10,7 @@ standardized with the training set's mean and standard deviation (标准化, wha
 Adam at its usual 1e-3; the table gives validation accuracy. `mnistlab train` always
 standardizes, so this part is a short loop of its own over mnistlab's data, loader and model.
 
-Part 2, the steps with mnistlab's commands: build (``mnistlab summary lenet5``), train three
+Part 2, the steps with mnistlab's commands: build (``mnistlab summary lenet5``), train four
 learning rates, compare them on validation, and evaluate only the chosen run on the test
 split, once.
 """
@@ -97,7 +97,7 @@ def format_preprocessing(rows: list[dict]) -> str:
 # --------------------------------------------------------- 2. choose on val, test once
 
 CANDIDATES = [{"model": "lenet5", "epochs": 2, "batch_size": 128, "optimizer": "adam",
-               "lr": lr, "schedule": "onecycle"} for lr in (1e-3, 3e-3, 1e-2)]
+               "lr": lr, "schedule": "onecycle"} for lr in (1e-3, 3e-3, 1e-2, 3e-2)]
 
 
 def choose_then_test(dataset: str, runs_dir: Path, candidates=CANDIDATES) -> dict:

@@ -3,7 +3,7 @@
     python examples/lessons/q3_overfitting.py     # full MNIST, 100 labels per class
 
 An MLP 784-512-256-10 (536k parameters) learns 1,000 images by heart. Each remedy the text
-names gets the same budget (100 epochs of batch 64, Adam 1e-3) on the same 1,000 images:
+names gets the same budget (60 epochs of batch 64, Adam 1e-3) on the same 1,000 images:
 nothing; data augmentation (random rotation, scaling and shifts: ``--augment affine``); L1
 and L2 penalties; dropout; early stopping on the validation loss; and all of them together.
 Strengths come from small grids, chosen on the validation split (5,000 images).
@@ -30,10 +30,10 @@ TRAIN = {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, "restore_best": Fals
 # name -> candidate settings (each a dict of TrainConfig fields); the best on validation wins
 REMEDIES: dict[str, list[dict]] = {
     "nothing": [{}],
-    "augmentation": [{"augment": "affine"}, {"augment": "affine+elastic"}],
-    "L1": [{"l1": v} for v in (1e-6, 1e-5, 1e-4)],
-    "L2": [{"l2": v} for v in (1e-4, 1e-3, 1e-2)],
-    "dropout": [{"model_args": {**MODEL["model_args"], "dropout": p}} for p in (0.2, 0.5)],
+    "augmentation": [{"augment": "affine"}],  # rotate, scale, shift (crop-like)
+    "L1": [{"l1": v} for v in (1e-5, 1e-4)],
+    "L2": [{"l2": v} for v in (1e-4, 1e-3)],
+    "dropout": [{"model_args": {**MODEL["model_args"], "dropout": 0.5}}],
     "early stopping": [{"early_stop": "val_loss", "patience": 10, "restore_best": True}],
 }
 
@@ -61,7 +61,7 @@ def clean_train_accuracy(run_dir: Path, overrides: dict) -> float:
     return float((logits.argmax(1) == train.labels).mean())
 
 
-def measure(dataset: str, runs_dir: Path, *, labels_per_class: int = 100, epochs: int = 100,
+def measure(dataset: str, runs_dir: Path, *, labels_per_class: int = 100, epochs: int = 60,
             remedies: dict[str, list[dict]] = REMEDIES, eval_test: bool = True) -> list[dict]:
     base = {"dataset": dataset, "labels_per_class": labels_per_class, "epochs": epochs,
             **MODEL, **TRAIN, "eval_test": eval_test}
