@@ -211,3 +211,36 @@ def test_optimizers_schedules_and_the_residual_net(tmp_path: Path) -> None:
     arch = q5.architectures("mnist-5k", tmp_path, {"resnet-small": {"model": "resnet-small"}},
                             {**q5.ARCH_TRAIN, "epochs": 3})
     assert arch[0]["val"] >= 0.9  # measured 94.25%
+
+
+# ============================================================ the documents themselves
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    import re
+
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)  # \w keeps letters of any script, digits and _
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["docs/guide.md", "docs/zh-CN/guide.md",
+                                 "docs/zh-CN/from-scratch.md", "docs/zh-CN/fine-tuning.md",
+                                 "docs/from-scratch.md", "docs/fine-tuning.md"])
+def test_links_and_anchors_resolve(doc: str) -> None:
+    """Every relative link of the guide and its translations names a file that exists and,
+    with #anchor, a heading of that file."""
+    import re
+
+    path = REPO / doc
+    text = path.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        assert dest.exists(), f"{doc}: link to missing {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", dest.read_text(), flags=re.M)
+            assert anchor in {_slug(h) for h in headings}, f"{doc}: no heading for #{anchor}"

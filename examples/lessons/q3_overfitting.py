@@ -34,7 +34,8 @@ REMEDIES: dict[str, list[dict]] = {
     "L1": [{"l1": v} for v in (1e-5, 1e-4)],
     "L2": [{"l2": v} for v in (1e-4, 1e-3)],
     "dropout": [{"model_args": {**MODEL["model_args"], "dropout": 0.5}}],
-    "early stopping": [{"early_stop": "val_loss", "patience": 10, "restore_best": True}],
+    "early stopping": [{"early_stop": "val_loss", "patience": 10, "restore_best": True},
+                       {"early_stop": "val_acc", "patience": 10, "restore_best": True}],
 }
 
 
