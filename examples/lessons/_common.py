@@ -72,3 +72,54 @@ def _finished_with(run_dir: Path, config: dict[str, Any], given: set[str]) -> bo
         if json.dumps(saved.get(key)) != json.dumps(value):
             return False
     return True
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    out: dict[str, Any] = {
+        "run_dir": run_dir,
+        "epochs": [r for r in records if r["type"] == "epoch"],
+        "steps": [r for r in records if r["type"] == "step"],
+        "val": json.loads((run_dir / "eval_val.json").read_text()),
+        "test": None,
+    }
+    if (run_dir / "eval_test.json").is_file():
+        out["test"] = json.loads((run_dir / "eval_test.json").read_text())
+    return out
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def table(header: list[str], rows: Iterable[list[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, name: str, out_dir: Path | None = None) -> Path:
+    """Save a small PNG (docs/img/NAME by default) and close the figure."""
+    out_dir = Path(out_dir or IMG_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    pyplot().close(fig)
+    return path
+
+
+def default_runs_dir(lesson: str) -> Path:
+    """runs/lessons/LESSON under the current directory (or $MNISTLAB_LESSON_RUNS)."""
+    return Path(os.environ.get("MNISTLAB_LESSON_RUNS", "runs/lessons")) / lesson
