@@ -94,8 +94,10 @@ def plot(rows: list[dict]) -> Path:
     for r in rows:
         ep = [e["epoch"] for e in r["curve"]]
         style = "k-" if r["remedy"] == "nothing" else "-"
-        a.plot(ep, [e["val_loss"] for e in r["curve"]], style, lw=1.3, label=r["remedy"])
-        b.plot(ep, [100 * e["val_acc"] for e in r["curve"]], style, lw=1.3, label=r["remedy"])
+        a.plot(ep, [e["val_loss"] for e in r["curve"]], style, lw=1.3, label=r["remedy"],
+               marker="x", markevery=[len(ep) - 1])  # x: the last epoch (early stopping)
+        b.plot(ep, [100 * e["val_acc"] for e in r["curve"]], style, lw=1.3, label=r["remedy"],
+               marker="x", markevery=[len(ep) - 1])
     a.set(xlabel="epoch", ylabel="validation cross-entropy", title="validation loss",
           yscale="log")
     b.set(xlabel="epoch", ylabel="validation accuracy %", title="validation accuracy")
