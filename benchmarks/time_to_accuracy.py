@@ -6,7 +6,7 @@ Side by side in one process, on the same in-memory batches (mnistlab.loader.Batc
 2. the reference: the official PyTorch MNIST example's recipe (model "pytorch-example",
    Adadelta lr 1.0, StepLR gamma 0.7 per epoch, batch 64), trained epoch by epoch until its
    test accuracy first reaches 99.0% (checked after each epoch, evaluation not timed);
-3. the `quick` recipe, run through mnistlab.train.train exactly as `mnistlab train --config
+3. the `quick` recipe, run through mnistlab.training.train exactly as `mnistlab train --config
    quick` runs it, once per seed; its time is the loop's own training time (metrics.jsonl,
    validation and checkpoints excluded) and its accuracy the test accuracy the run reports;
 4. training FLOPs (torch.utils.flop_counter on one forward+backward step, times the images
@@ -37,7 +37,7 @@ from mnistlab import data
 from mnistlab.config import build_config
 from mnistlab.loader import BatchLoader
 from mnistlab.models import create_model
-from mnistlab.train import train
+from mnistlab.training import train
 
 TARGET = 99.0  # test accuracy, percent
 
@@ -122,7 +122,7 @@ def reference_time_to_target(max_epochs: int, seed: int = 0) -> dict:
 
 
 def quick_runs(seeds: list[int], runs_dir: Path, threads: int) -> dict:
-    """Train the `quick` recipe once per seed through mnistlab.train; times and test accuracy."""
+    """Train the `quick` recipe once per seed through mnistlab.training; times and test accuracy."""
     seconds, accs = [], []
     for seed in seeds:
         overrides = {"seed": seed, "runs_dir": str(runs_dir), "name": f"quick-seed{seed}",

@@ -42,7 +42,7 @@ from mnistlab.config import TrainConfig
 from mnistlab.evaluate import evaluate
 from mnistlab.finetune import FinetuneConfig, finetune
 from mnistlab.models import count_parameters
-from mnistlab.train import train
+from mnistlab.training import train
 
 PAIRS = [("mnist:0-4", "mnist:5-9"), ("fashion-mnist", "mnist"), ("mnist", "fashion-mnist")]
 CNN = "lenet5"  # blocks: conv, conv, dense, dense

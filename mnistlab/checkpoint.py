@@ -8,13 +8,17 @@ stopping) goes to ``NAME.<sha12>.state.safetensors``, its non-tensor parts in th
 Every file is written to a temporary name and renamed; the JSON, renamed last, names the
 weight files and records their SHA-256, so a crash leaves the old or the new checkpoint
 whole and a damaged or mismatched file is refused. Nothing is ever unpickled.
+
+This module owns the format only. Turning metadata into a model and weights into bytes is
+the engine's job (``engines.get_engine(meta["engine"])``); the metadata is validated
+(``validate_meta``) and the weights' checksum verified before any model is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
-import io
 import json
 import os
 import platform
@@ -25,25 +29,50 @@ from typing import Any
 
 import numpy as np
 
+from .engines import get_engine
+from .errors import CheckpointError, ConfigError
+
 FORMAT = "mnistlab-checkpoint"
 FORMAT_VERSION = 1
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged, foreign or does not match its model."""
+__all__ = ["CheckpointError", "Checkpoint", "load_checkpoint", "save_checkpoint", "base_meta",
+           "resolve", "read_meta", "validate_meta", "atomic_write_json", "atomic_write_bytes"]
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync it, rename it over ``path``, fsync the folder (so
+    the rename survives a power cut). On any failure (a full disk, a read-only folder) the
+    temporary file is removed and ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -99,43 +128,45 @@ def base_meta(**fields: Any) -> dict[str, Any]:
     }
 
 
-# Nested training state (dicts, lists, tensors, scalars) <-> flat tensors + JSON skeleton.
+# Nested training state (dicts, lists, arrays, tensors, scalars) <-> flat arrays + a JSON
+# skeleton. The arrays go to one safetensors file through its NumPy API, so either engine's
+# state is stored the same way and loading it never needs torch unless it held tensors.
 
 
-def _flatten(obj: Any, prefix: str, tensors: dict) -> Any:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().cpu().contiguous()
+def _flatten(obj: Any, prefix: str, arrays: dict) -> Any:
+    if type(obj).__module__.startswith("torch") and hasattr(obj, "detach"):  # a tensor
+        arrays[prefix] = obj.detach().cpu().contiguous().numpy()
         return {"__tensor__": prefix}
     if isinstance(obj, np.ndarray):
-        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj))
+        arrays[prefix] = np.ascontiguousarray(obj)
         return {"__ndarray__": prefix}
     if isinstance(obj, dict):
-        items = {str(k): _flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        items = {str(k): _flatten(v, f"{prefix}.{k}", arrays) for k, v in obj.items()}
         if obj and all(isinstance(k, int) for k in obj):
             return {"__intkeys__": items}
         return items
     if isinstance(obj, (list, tuple)):
-        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, (np.generic,)):
+        return [_flatten(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise CheckpointError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
 
 
-def _unflatten(obj: Any, tensors: dict) -> Any:
+def _unflatten(obj: Any, arrays: dict) -> Any:
     if isinstance(obj, dict):
         if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
+            import torch
+
+            return torch.from_numpy(arrays[obj["__tensor__"]])
         if "__ndarray__" in obj:
-            return tensors[obj["__ndarray__"]].numpy()
+            return arrays[obj["__ndarray__"]]
         if "__intkeys__" in obj:
-            return {int(k): _unflatten(v, tensors) for k, v in obj["__intkeys__"].items()}
-        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+            return {int(k): _unflatten(v, arrays) for k, v in obj["__intkeys__"].items()}
+        return {k: _unflatten(v, arrays) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_unflatten(v, tensors) for v in obj]
+        return [_unflatten(v, arrays) for v in obj]
     return obj
 
 
@@ -158,31 +189,39 @@ def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
     path = Path(path)
     meta = dict(meta)
     meta.setdefault("engine", "torch")
-    if meta["engine"] == "numpy":
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in model.state_dict().items()})
-        weights, suffix = buf.getvalue(), ".npz"
-    else:
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights, suffix = save(state), ".safetensors"
-    written = [_write_blob(path, weights, suffix)]
-    meta["weights"] = {"file": written[0], "sha256": _sha256(weights)}
-    if train_state is not None:
-        from safetensors.torch import save
-
-        tensors: dict = {}
-        meta["train_state"] = _flatten(train_state, "s", tensors)
-        blob = save(tensors)
-        written.append(_write_blob(path, blob, ".state.safetensors"))
-        meta["train_state_file"] = {"file": written[1], "sha256": _sha256(blob)}
+    engine = get_engine(meta["engine"])
+    weights, suffix = engine.weights_bytes(model), engine.weights_suffix
     json_path = path.with_name(path.name + ".json")
-    atomic_write_json(json_path, meta)
-    for stale in path.parent.glob(f"{path.name}.*"):  # files of the checkpoint this replaced
-        if stale.name not in written and stale != json_path and ".tmp" not in stale.name:
-            stale.unlink(missing_ok=True)
+    written: list[str] = []
+    try:
+        written.append(_write_blob(path, weights, suffix))
+        meta["weights"] = {"file": written[0], "sha256": _sha256(weights)}
+        if train_state is not None:
+            from safetensors.numpy import save
+
+            arrays: dict = {}
+            meta["train_state"] = _flatten(train_state, "s", arrays)
+            blob = save(arrays)
+            written.append(_write_blob(path, blob, ".state.safetensors"))
+            meta["train_state_file"] = {"file": written[1], "sha256": _sha256(blob)}
+        atomic_write_json(json_path, meta)  # the commit point
+    except BaseException:
+        _remove_unreferenced(path, json_path)  # e.g. a full disk: no orphaned weights
+        raise
+    _remove_unreferenced(path, json_path)  # the files of the checkpoint this replaced
     return json_path
+
+
+def _remove_unreferenced(path: Path, json_path: Path) -> None:
+    """Delete ``path``'s weight files that its JSON (if any) does not name."""
+    keep: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        meta = json.loads(json_path.read_text())
+        keep = {meta[k]["file"] for k in ("weights", "train_state_file") if k in meta}
+    for f in path.parent.glob(f"{path.name}.*"):
+        if f.name not in keep and f != json_path and not f.name.startswith("."):
+            with contextlib.suppress(OSError):
+                f.unlink()
 
 
 def _write_blob(path: Path, data: bytes, suffix: str) -> str:
@@ -216,22 +255,79 @@ def resolve(path: str | Path, which: str = "best") -> Path:
 
 
 def read_meta(json_path: Path) -> dict[str, Any]:
+    """A checkpoint's metadata, validated (``validate_meta``); CheckpointError otherwise."""
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{json_path}: unreadable checkpoint metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a mnistlab checkpoint (no 'format': '{FORMAT}')")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{json_path}: checkpoint format {meta['format_version']} is newer "
-                              f"than this mnistlab reads ({FORMAT_VERSION}); upgrade mnistlab")
-    for key in ("model", "model_args", "classes", "normalization", "weights"):
-        if key not in meta:
-            raise CheckpointError(f"{json_path}: checkpoint metadata lacks {key!r}")
+    problem = validate_meta(meta)
+    if problem:
+        raise CheckpointError(f"{json_path}: bad checkpoint metadata: {problem}")
     return meta
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _file_entry(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        return "must be {'file': NAME, 'sha256': HEX}"
+    name = entry["file"]
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return f"file must be a plain file name beside the metadata, got {name!r}"
+    sha = entry.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        return "sha256 must be 64 lowercase hex digits"
+    return None
+
+
+MAX_CLASSES = 10_000
+
+
+def validate_meta(meta: dict[str, Any]) -> str | None:
+    """The first problem with a checkpoint's metadata (types, ranges, file names), or None.
+
+    Run before anything is built from it: sizes inside ``model_args`` are bounded by the
+    engine when it builds the model (``from_meta``)."""
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"format_version must be a positive integer, got {version!r}"
+    if version > FORMAT_VERSION:
+        return (f"format {version} is newer than this mnistlab reads ({FORMAT_VERSION}); "
+                "upgrade mnistlab")
+    for key, kind in (("engine", str), ("model", str), ("model_args", dict), ("classes", list),
+                      ("normalization", dict), ("weights", dict)):
+        if key == "engine" and key not in meta:
+            continue  # written by every version, but "torch" is the default
+        if not isinstance(meta.get(key), kind):
+            return f"{key!r} must be a {kind.__name__}, got {meta.get(key)!r:.60}"
+    classes = meta["classes"]
+    if not 2 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) and c for c in classes):
+        return f"'classes' must list 2..{MAX_CLASSES} non-empty names, got {classes!r:.60}"
+    if len(set(classes)) != len(classes):
+        return "'classes' has duplicate names"
+    norm = meta["normalization"]
+    if not (_finite(norm.get("mean")) and _finite(norm.get("std")) and norm["std"] > 0):
+        return f"'normalization' needs a finite mean and a std > 0, got {norm!r:.60}"
+    if "train_state" in meta and "train_state_file" not in meta:
+        return "'train_state' needs its 'train_state_file'"
+    for key in ("weights", "train_state_file"):
+        if key in meta:
+            problem = _file_entry(meta[key])
+            if problem:
+                return f"{key!r}: {problem}"
+    calib = meta.get("calibration")
+    if calib is not None and not (isinstance(calib, dict) and _finite(calib.get("temperature"))
+                                  and calib["temperature"] > 0):
+        return f"'calibration' needs a temperature > 0, got {calib!r:.60}"
+    return None
+
+
 def _read_checked(json_path: Path, entry: dict) -> bytes:
+    """The bytes of a file the metadata names, verified against its recorded SHA-256."""
     file = json_path.with_name(entry["file"])
     try:
         data = file.read_bytes()
@@ -257,6 +353,11 @@ class Checkpoint:
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
+    @property
+    def temperature(self) -> float:
+        """Temperature-scaling factor fitted on validation (1.0 when never calibrated)."""
+        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+
     def normalize(self, images01: np.ndarray) -> np.ndarray:
         """(B, 28, 28) floats in 0..1 (ink high) -> (B, 1, 28, 28) float32 model input."""
         norm = self.meta["normalization"]
@@ -264,66 +365,45 @@ class Checkpoint:
         return x.reshape(-1, 1, 28, 28)
 
     def logits(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """(B, 1, 28, 28) normalized float32 -> (B, num_classes) logits, for either engine."""
-        if self.engine == "numpy":
-            from .scratch import predict_logits
-
-            return predict_logits(self.model, x.reshape(len(x), -1), batch_size=batch_size)
-        import torch
-
-        device = next(self.model.parameters()).device
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(x), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
-                out.append(self.model(xb).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        """(B, 1, 28, 28) normalized float32 -> (B, num_classes) raw logits."""
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return get_engine(self.engine).logits(self.model, x, batch_size)
 
 
 def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu",
                     with_train_state: bool = False) -> Checkpoint:
-    """Rebuild the model from its metadata and load its verified weights (eval mode)."""
+    """Validate the metadata, verify the weights' checksum, then rebuild the model from the
+    metadata and load the weights (eval mode)."""
     json_path = resolve(path, which)
     meta = read_meta(json_path)
-    if meta.get("engine", "torch") == "numpy":
-        weights = _read_checked(json_path, meta["weights"])
-        from .train_numpy import build_from_meta
-
-        try:
-            arrays = dict(np.load(io.BytesIO(weights), allow_pickle=False))
-            model = build_from_meta(meta["model"], meta["model_args"])
-            model.load_state_dict(arrays)
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r}: {e}") from None
-        model.eval()
-    else:
-        import torch
-        from safetensors.torch import load
-
-        from .models import create_model
-
-        try:
-            model = create_model(meta["model"], **meta["model_args"])
-        except ValueError as e:
-            raise CheckpointError(f"{json_path}: {e}") from None
-        weights = _read_checked(json_path, meta["weights"])
-        if meta.get("adapter"):  # low-rank adapters from `mnistlab finetune --mode lora`
-            from .finetune import attach_adapter
-
-            try:
-                attach_adapter(model, meta["adapter"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"{json_path}: cannot rebuild its adapters: {e}") from None
-        try:
-            model.load_state_dict(load(weights))
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r} "
-                                  f"with {meta['model_args']}: {' '.join(first[:3])}") from None
-        model.to(torch.device(device)).eval()
+    try:
+        engine = get_engine(meta.get("engine", "torch"))
+    except ConfigError as e:
+        raise CheckpointError(f"{json_path}: {e}") from None
+    weights = _read_checked(json_path, meta["weights"])  # before anything is built
+    try:
+        model = engine.from_meta(meta)
+    except (ConfigError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{json_path}: {e}") from None
+    try:
+        engine.load_weights(model, weights)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r} with "
+                              f"{meta['model_args']}: {' '.join(lines[:3])}") from None
+    engine.to_device(model, device)
+    outputs = engine.logits(model, np.zeros((1, 1, 28, 28), np.float32)).shape[1]
+    if outputs != len(meta["classes"]):
+        raise CheckpointError(f"{json_path}: the model has {outputs} outputs but the metadata "
+                              f"names {len(meta['classes'])} classes")
     if with_train_state and "train_state" in meta:
-        from safetensors.torch import load
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
 
-        tensors = load(_read_checked(json_path, meta["train_state_file"]))
-        meta = {**meta, "train_state": _unflatten(meta["train_state"], tensors)}
+        try:
+            arrays = load(_read_checked(json_path, meta["train_state_file"]))
+            meta = {**meta, "train_state": _unflatten(meta["train_state"], arrays)}
+        except (SafetensorError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{json_path}: unreadable training state ({e})") from None
     return Checkpoint(model, meta, json_path)

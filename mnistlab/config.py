@@ -1,82 +1,135 @@
-"""Training configuration: one frozen dataclass, filled from a TOML recipe and CLI flags.
+"""Training configuration: one frozen dataclass, filled from a recipe and from flags.
 
-Precedence: dataclass defaults < recipe file (``--config``) < flags (``--lr 0.01`` or
-``--set lr=0.01``). Every value is validated; a bad one raises ``ConfigError`` naming the field.
+Precedence: field defaults < recipe (``--config``: a TOML recipe, or a run's ``config.json``)
+< flags (``--lr 0.01`` or ``--set lr=0.01``). Each field carries its help text, group,
+choices and bounds in its metadata: the CLI builds its flags and ``--help`` from them, and
+``validate`` checks them, so a new setting is one line here. Every value is checked; a bad
+one raises ``ConfigError`` naming the field. This module is a leaf: it imports no torch
+and nothing else of mnistlab but its errors, so ``mnistlab --help`` stays fast.
+
+Which engine honours which field is the engines' business (``engines/``): a field an engine
+does not implement is refused by it with a ConfigError, never silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle", "plateau")
 EARLY_STOP = ("none", "val_acc", "val_loss")
+AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full")  # == augment.PRESETS (tested)
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # also linked as ./recipes
 
+__all__ = ["ConfigError", "TrainConfig", "build_config", "from_dict", "load_config_file",
+           "list_recipes", "find_recipe", "to_toml", "RESUMABLE"]
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
+
+def _f(default: Any, help: str, *, group: str, choices: tuple | None = None,
+       ge: float | None = None, gt: float | None = None, lt: float | None = None,
+       le: float | None = None, resumable: bool = False) -> Any:
+    """A config field: its default plus metadata (help, --help group, choices, bounds;
+    ``resumable``: may change when a run is resumed, as it cannot change what the run is)."""
+    meta = {"help": help, "group": group, "choices": choices, "ge": ge, "gt": gt, "lt": lt,
+            "le": le, "resumable": resumable}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- run
-    name: str = ""  # run directory name under runs_dir ("" -> <model>-<dataset>-<time>)
-    runs_dir: str = "runs"  # parent of run directories
-    seed: int = 0  # seeds weights, split, shuffling and augmentation
-    deterministic: bool = False  # bit-reproducible kernels (slower); needed for exact resume
+    name: str = _f("", "run directory name under runs_dir ('': <model>-<dataset>-<time>)",
+                   group="run")
+    runs_dir: str = _f("runs", "parent folder of run directories", group="run")
+    seed: int = _f(0, "seeds the weights, validation split, shuffling and augmentation",
+                   group="run", ge=0)
+    deterministic: bool = _f(False, "bit-reproducible kernels (slower on GPUs)", group="run")
     # --- data
-    dataset: str = "mnist"  # mnist | fashion-mnist | mnist-5k | NAME:a-b class subsets
-    data_dir: str = ""  # "" -> --data-dir / $MNISTLAB_DATA_DIR / ~/.cache/mnistlab
-    val_size: int = -1  # validation images held out of train (-1: 5,000 or 10% for small sets)
-    labels_per_class: int = 0  # >0: train on only this many labelled images per class
-    augment: str = "none"  # none | affine | affine+elastic | full (see augment.py)
+    dataset: str = _f("mnist", "mnist | fashion-mnist | mnist-5k | NAME:a-b class subsets "
+                      "| a folder of your own data", group="data")
+    data_dir: str = _f("", "where datasets are looked for and downloaded ('': --data-dir, "
+                       "$MNISTLAB_DATA_DIR, then ~/.cache/mnistlab)", group="data")
+    val_size: int = _f(-1, "validation images held out of train (-1: 5,000, or 10% of a "
+                       "small set)", group="data", ge=-1)
+    labels_per_class: int = _f(0, "train on only this many labelled images per class (0: all)",
+                               group="data", ge=0)
+    augment: str = _f("none", "augmentation preset applied to training batches", group="data",
+                      choices=AUGMENT_PRESETS)
     # --- model
-    model: str = "fast-cnn"  # a name from `mnistlab models`
-    model_args: dict = field(default_factory=dict)  # keyword arguments of the model
+    model: str = _f("fast-cnn", "a model name from `mnistlab models`", group="model")
+    model_args: dict = _f({}, "the model's keyword arguments, as JSON (e.g. "
+                          "'{\"hidden\": [256]}'; see `mnistlab models`)", group="model")
     # --- optimization
-    epochs: int = 1  # passes over the training split
-    batch_size: int = 128  # images per step
-    optimizer: str = "adam"  # sgd | adam | adamw | rmsprop | adadelta
-    lr: float = 1e-3  # peak learning rate
-    momentum: float = 0.9  # sgd and rmsprop
-    nesterov: bool = False  # sgd only
-    betas: tuple = (0.9, 0.999)  # adam / adamw
-    weight_decay: float = 0.0  # decoupled decay: w <- w - lr*wd*w, outside the gradient
-    l1: float = 0.0  # penalty l1 * sum|w| added to the loss (weights, not biases/norms)
-    l2: float = 0.0  # penalty l2/2 * sum w^2 added to the loss (its gradient is l2*w)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    grad_clip: float = 0.0  # max global gradient norm (0: off)
+    epochs: int = _f(1, "passes over the training split", group="optimization", ge=1,
+                     resumable=True)
+    batch_size: int = _f(128, "images per step", group="optimization", ge=1)
+    optimizer: str = _f("adam", "the optimizer", group="optimization", choices=OPTIMIZERS)
+    lr: float = _f(1e-3, "peak learning rate", group="optimization", gt=0)
+    momentum: float = _f(0.9, "momentum of sgd and rmsprop", group="optimization", ge=0, lt=1)
+    nesterov: bool = _f(False, "Nesterov momentum (sgd only)", group="optimization")
+    betas: tuple = _f((0.9, 0.999), "Adam/AdamW moment decays, two values in [0, 1)",
+                      group="optimization")
+    weight_decay: float = _f(0.0, "decoupled decay w <- w - lr*wd*w, outside the gradient",
+                             group="optimization", ge=0)
+    l1: float = _f(0.0, "penalty l1 * sum|w| added to the loss (weights, not biases/norms)",
+                   group="optimization", ge=0)
+    l2: float = _f(0.0, "penalty l2/2 * sum w^2 added to the loss (its gradient is l2*w)",
+                   group="optimization", ge=0)
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", group="optimization",
+                                ge=0, lt=1)
+    grad_clip: float = _f(0.0, "max global gradient norm (0: off)", group="optimization", ge=0)
     # --- learning-rate schedule
-    schedule: str = "constant"  # constant | step | exponential | cosine | onecycle | plateau
-    warmup_epochs: float = 0.0  # linear warm-up from 0 (not with onecycle, which has its own)
-    step_epochs: int = 1  # step: decay every this many epochs
-    gamma: float = 0.7  # step / exponential: multiply the lr by this per step / epoch
-    min_lr: float = 0.0  # cosine floor
-    pct_start: float = 0.25  # onecycle: fraction of steps spent rising
-    plateau_patience: int = 2  # plateau: epochs without val improvement before decaying
-    plateau_factor: float = 0.5  # plateau: lr multiplier
+    schedule: str = _f("constant", "learning-rate schedule", group="schedule",
+                       choices=SCHEDULES)
+    warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (not with "
+                              "onecycle, which has its own)", group="schedule", ge=0)
+    step_epochs: int = _f(1, "step: decay every this many epochs", group="schedule", ge=1)
+    gamma: float = _f(0.7, "step: lr multiplier per decay; exponential: per epoch (applied "
+                      "smoothly, every step)", group="schedule", gt=0, le=1)
+    min_lr: float = _f(0.0, "cosine: the floor the rate decays to", group="schedule", ge=0)
+    pct_start: float = _f(0.25, "onecycle: fraction of steps spent rising", group="schedule",
+                          gt=0, lt=1)
+    plateau_patience: int = _f(2, "plateau: epochs without improvement before decaying",
+                               group="schedule", ge=1)
+    plateau_factor: float = _f(0.5, "plateau: lr multiplier", group="schedule", gt=0, lt=1)
     # --- early stopping (on the validation split, never the test split)
-    early_stop: str = "none"  # none | val_acc | val_loss
-    patience: int = 3  # epochs without improvement before stopping
-    restore_best: bool = True  # end with the best validation weights
+    early_stop: str = _f("none", "stop when this validation metric stops improving; it also "
+                         "picks the best checkpoint", group="early stopping", choices=EARLY_STOP)
+    patience: int = _f(3, "epochs without improvement before stopping",
+                       group="early stopping", ge=1)
+    restore_best: bool = _f(True, "end with the best validation weights (else the last)",
+                            group="early stopping")
     # --- logging and checks
-    log_every: int = 50  # steps between metrics.jsonl step records
-    max_loss: float = 1e3  # stop if the training loss is NaN/inf or above this
-    eval_test: bool = True  # evaluate best checkpoint on the test split at the end (report)
-    tensorboard: bool = False  # also write TensorBoard logs under the run directory
+    log_every: int = _f(50, "steps between metrics.jsonl step records", group="logging", ge=1)
+    max_loss: float = _f(1e3, "stop if the training loss is NaN/inf or above this",
+                         group="logging", gt=0)
+    eval_test: bool = _f(True, "evaluate the best checkpoint on the test split at the end",
+                         group="logging", resumable=True)
+    tensorboard: bool = _f(False, "also write TensorBoard logs under the run directory",
+                           group="logging", resumable=True)
     # --- hardware
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    threads: int = 0  # torch CPU threads (0: torch's default)
-    workers: int = 1  # numpy-mlp only: 2 splits the first layer over two processes (Linux x86-64)
-    amp: bool = False  # mixed precision (bfloat16 on CPU, float16 on CUDA)
-    compile: bool = False  # torch.compile the model
-    progress: bool = True  # progress bars (--quiet turns them off)
+    device: str = _f("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps",
+                     group="hardware", resumable=True)
+    threads: int = _f(0, "CPU threads (0: the library default)", group="hardware", ge=0,
+                      resumable=True)
+    workers: int = _f(1, "numpy-mlp only: 2 splits the first layer over two processes "
+                      "(Linux x86-64)", group="hardware", choices=(1, 2))
+    amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)",
+                   group="hardware")
+    compile: bool = _f(False, "torch.compile the model", group="hardware")
+    progress: bool = _f(True, "progress bars (--quiet turns them off)", group="hardware",
+                        resumable=True)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -88,108 +141,159 @@ class TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: {msg}")
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# (field, when it applies, where) for settings that act only together with another one
+_APPLIES = (
+    ("momentum", lambda c: c.optimizer in ("sgd", "rmsprop"), "to optimizers sgd and rmsprop"),
+    ("nesterov", lambda c: c.optimizer == "sgd" and c.momentum > 0,
+     "to optimizer sgd with momentum > 0"),
+    ("betas", lambda c: c.optimizer in ("adam", "adamw"), "to optimizers adam and adamw"),
+    ("step_epochs", lambda c: c.schedule == "step", "to schedule step"),
+    ("gamma", lambda c: c.schedule in ("step", "exponential"), "to schedules step and exponential"),
+    ("min_lr", lambda c: c.schedule == "cosine", "to schedule cosine"),
+    ("pct_start", lambda c: c.schedule == "onecycle", "to schedule onecycle"),
+    ("warmup_epochs", lambda c: c.schedule != "onecycle",
+     "to schedules other than onecycle (which warms up by itself)"),
+    ("plateau_patience", lambda c: c.schedule == "plateau", "to schedule plateau"),
+    ("plateau_factor", lambda c: c.schedule == "plateau", "to schedule plateau"),
+    ("patience", lambda c: c.early_stop != "none", "with early_stop val_acc or val_loss"),
+)
+RESUMABLE = tuple(n for n, f in FIELDS.items() if f.metadata["resumable"])
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_kind(name: str) -> type:
+    """The Python type of a field's values: str, int, float, bool, tuple or dict."""
+    hint = _HINTS[name]
+    return typing.get_origin(hint) or hint
 
 
 def validate(c: TrainConfig) -> None:
-    _check(c.epochs >= 1, "epochs", f"must be >= 1, got {c.epochs}")
-    _check(c.batch_size >= 1, "batch_size", f"must be >= 1, got {c.batch_size}")
-    _check(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
-    _check(c.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {c.optimizer!r}")
-    _check(c.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}, got {c.schedule!r}")
-    _check(c.early_stop in EARLY_STOP, "early_stop", f"must be one of {EARLY_STOP}, got {c.early_stop!r}")
-    for name in ("weight_decay", "l1", "l2", "grad_clip", "warmup_epochs", "min_lr"):
-        _check(getattr(c, name) >= 0, name, f"must be >= 0, got {getattr(c, name)}")
-    _check(0 <= c.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {c.label_smoothing}")
-    _check(0 < c.gamma <= 1, "gamma", f"must be in (0, 1], got {c.gamma}")
-    _check(0 < c.pct_start < 1, "pct_start", f"must be in (0, 1), got {c.pct_start}")
-    _check(0 <= c.momentum < 1, "momentum", f"must be in [0, 1), got {c.momentum}")
-    _check(len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas), "betas", f"need two values in [0, 1), got {c.betas}")
-    _check(c.patience >= 1, "patience", f"must be >= 1, got {c.patience}")
-    _check(c.step_epochs >= 1, "step_epochs", f"must be >= 1, got {c.step_epochs}")
-    _check(c.val_size >= -1, "val_size", f"must be >= 0 (or -1 for the default), got {c.val_size}")
-    _check(c.labels_per_class >= 0, "labels_per_class", f"must be >= 0, got {c.labels_per_class}")
-    _check(c.log_every >= 1, "log_every", f"must be >= 1, got {c.log_every}")
-    _check(c.threads >= 0, "threads", f"must be >= 0, got {c.threads}")
-    _check(c.workers in (1, 2), "workers", f"must be 1 or 2, got {c.workers}")
-    _check(c.workers == 1 or c.model == "numpy-mlp", "workers",
-           "only the NumPy engine (model numpy-mlp) trains with worker processes")  # fmt: skip
-    _check(not (c.nesterov and c.optimizer != "sgd"), "nesterov", "only applies to optimizer 'sgd'")
-    _check(c.max_loss > 0, "max_loss", f"must be > 0, got {c.max_loss}")
-    _check(isinstance(c.model_args, dict), "model_args", "must be a table/dict of model arguments")
-    from .augment import PRESETS
-
-    _check(c.augment in PRESETS, "augment", f"must be one of {tuple(PRESETS)}, got {c.augment!r}")
-    from .models import list_models
-
-    engines = list_models() + ["numpy-mlp"]
-    _check(c.model in engines, "model", f"unknown model {c.model!r}; known: {', '.join(engines)}")
+    """Bounds and choices from the field metadata, then the checks across fields."""
+    for name, f in FIELDS.items():
+        v, m = getattr(c, name), f.metadata
+        if m["choices"] is not None and v not in m["choices"]:
+            raise ConfigError(f"{name}: must be one of {', '.join(map(str, m['choices']))}; "
+                              f"got {v!r}")
+        for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+            bound = m[key]
+            if bound is not None and not ok(v, bound):
+                raise ConfigError(f"{name}: must be {word} {bound:g}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
+        raise ConfigError(f"betas: need two values in [0, 1), got {c.betas}")
+    # a setting that only means something beside another is refused without it, rather than
+    # silently ignored (at its default it is harmless and passes)
+    for name, applies, where in _APPLIES:
+        if getattr(c, name) != FIELDS[name].default and not applies(c):
+            raise ConfigError(f"{name}: only applies {where}; it would be ignored here")
+    if not c.dataset:
+        raise ConfigError("dataset: must not be empty")
+    if not c.model:
+        raise ConfigError("model: must not be empty")
+    if not all(isinstance(k, str) for k in c.model_args):
+        raise ConfigError("model_args: keys must be argument names (strings)")
+    if c.name and (c.name in (".", "..") or "/" in c.name or "\\" in c.name):
+        raise ConfigError(f"name: must be a plain folder name (no '/'), got {c.name!r}")
 
 
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
+def coerce(name: str, value: Any) -> Any:
+    """A TOML/JSON/flag value as the field's type; strings (from flags) are parsed.
 
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a TOML/CLI value to the field's type (strings from flags are parsed)."""
-    default = _FIELDS[name].default
-    if default is dataclasses.MISSING:  # model_args
+    Strict: ``true`` is not a number, ``2.5`` is not an int, a dict is not a string."""
+    if name not in FIELDS:
+        raise ConfigError(f"{name}: unknown field; valid fields: {', '.join(FIELDS)}")
+    kind = field_kind(name)
+    if kind is dict:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 raise ConfigError(f"{name}: expected a JSON object, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table/JSON object of model arguments, "
+                              f"got {value!r}")
         return value
-    kind = type(default)
-    try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
+    if kind is tuple:
+        if isinstance(value, str):
+            value = value.strip("()[] ").split(",")
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_number(float, v) for v in value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected numbers such as 0.9,0.999, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        if kind is tuple:
-            if isinstance(value, str):
-                value = [float(v) for v in value.strip("()[] ").split(",")]
-            return tuple(float(v) for v in value)
-        if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return float(value)
-        if kind is int and isinstance(value, (int, str)) and not isinstance(value, bool):
-            return int(value)
-        if kind is str and isinstance(value, str):
-            return value
-        if isinstance(value, kind):
-            return value
-    except ValueError:
-        pass
-    raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        try:
+            return _number(kind, value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{name}: expected a string, got {value!r}")
+
+
+def _number(kind: type, value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    if isinstance(value, str):
+        value = float(value) if kind is float else int(value.strip())
+    if kind is int and isinstance(value, float):
+        raise ValueError(value)  # 2.5 is not an epoch count; 2.0 from TOML is refused too
+    return kind(value)
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown field; valid fields: {', '.join(_FIELDS)}")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+
+
+# ------------------------------------------------------------------------------ files
 
 
 def find_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
+    if p.is_dir() and (p / "config.json").is_file():  # a run directory
+        return p / "config.json"
     if p.is_file():
         return p
     candidate = RECIPES_DIR / f"{name_or_path}.toml"
     if candidate.is_file():
         return candidate
     known = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))) or "none"
-    raise ConfigError(f"config: no recipe file or name {name_or_path!r} (recipes: {known})")
+    raise ConfigError(f"config: no recipe, file or run directory {name_or_path!r} "
+                      f"(recipes: {known})")
 
 
-def load_recipe(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config values, [result] table) of a TOML recipe. The result table holds the figures
-    measured with it, shown by `mnistlab recipes`; it is not configuration."""
+def load_config_file(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config values, [result] table) of a TOML recipe or a JSON config (a run's
+    config.json reproduces that run). The result table holds figures measured with the
+    recipe, shown by `mnistlab recipes`; it is not configuration."""
     path = find_recipe(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config: {path} is not valid TOML ({e})") from None
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path} ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"config: {path} is not valid {kind} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a table of settings")
+    if path.name == "config.json":  # a run's: reproduce it as a new run, with a new name
+        data.pop("name", None)
     result = data.pop("result", {})
     data.pop("description", None)
     return data, result
@@ -198,7 +302,7 @@ def load_recipe(name_or_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     values: dict[str, Any] = {}
     if recipe:
-        values.update(load_recipe(recipe)[0])
+        values.update(load_config_file(recipe)[0])
     values.update(overrides or {})
     return from_dict(values)
 
@@ -206,6 +310,37 @@ def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = N
 def list_recipes() -> list[tuple[str, str, dict[str, Any]]]:
     out = []
     for path in sorted(RECIPES_DIR.glob("*.toml")):
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
         out.append((path.stem, data.get("description", ""), data.get("result", {})))
     return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict) and not v:
+        return "{}"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The config as a TOML recipe, grouped as in ``--help``; ``--config`` reads it back."""
+    lines, group = [], None
+    for name, f in FIELDS.items():
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines.append(f"{'' if not lines else chr(10)}# --- {group}")
+        lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
+    return "\n".join(lines) + "\n"

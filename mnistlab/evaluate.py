@@ -10,6 +10,8 @@ import numpy as np
 
 from . import data as data_mod
 from .checkpoint import Checkpoint, load_checkpoint
+from .engines import get_engine
+from .errors import DataError
 
 
 @dataclass
@@ -26,18 +28,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
+    """Equal-width bins of the top probability: each bin's range, count, mean confidence
+    and accuracy (0 for an empty bin)."""
     conf = probs.max(1)
     correct = probs.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
+    out = []
     for b in range(bins):
         m = which == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(m.sum()),
+                    "confidence": float(conf[m].mean()) if m.any() else 0.0,
+                    "accuracy": float(correct[m].mean()) if m.any() else 0.0})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    n = max(1, len(labels))
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability_bins(probs, labels, bins)))
 
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] | tuple[str, ...],
@@ -74,21 +85,29 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str] |
 
 
 def dataset_for(ck: Checkpoint, split: str, data_dir: str | None = None) -> data_mod.Dataset:
-    """The checkpoint's own dataset and split (same validation hold-out as in training)."""
+    """The checkpoint's own dataset and split (same validation hold-out as in training),
+    looked for where training found it unless ``data_dir`` says otherwise."""
     sp = ck.meta.get("split", {})
     val_size = sp.get("val_size", -1)
-    return data_mod.load(ck.meta["dataset"], split, data_dir=data_dir,
+    return data_mod.load(ck.meta["dataset"], split, data_dir=data_dir or sp.get("data_dir"),
                          val_size=None if val_size is None or val_size < 0 else val_size,
                          seed=sp.get("seed", 0))
 
 
 def evaluate(path: str | Path | Checkpoint, split: str = "test", *, which: str = "best",
-             data_dir: str | None = None, dataset: str | None = None) -> Evaluation:
-    ck = path if isinstance(path, Checkpoint) else load_checkpoint(path, which=which)
+             data_dir: str | None = None, dataset: str | None = None, device: str = "cpu",
+             threads: int = 0) -> Evaluation:
+    """Metrics of a checkpoint on ``split`` of its own dataset (the same validation hold-out
+    as in training), or of another ``dataset`` with the same classes."""
+    if isinstance(path, Checkpoint):
+        ck = path
+    else:
+        ck = load_checkpoint(path, which=which, device=device)
+    get_engine(ck.engine).set_threads(threads)
     if dataset:
         ds = data_mod.load(dataset, split, data_dir=data_dir)
         if list(ds.classes) != ck.classes:
-            raise data_mod.DataError(f"dataset {dataset!r} has classes {list(ds.classes)}, but the "
+            raise DataError(f"dataset {dataset!r} has classes {list(ds.classes)}, but the "
                                      f"model predicts {ck.classes}")
     else:
         ds = dataset_for(ck, split, data_dir)

@@ -25,21 +25,20 @@ Fine-tuning runs cannot be continued with ``train --resume`` (the freezing is no
 
 from __future__ import annotations
 
-import argparse
-import copy
 import datetime as _dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError
+from .training import Hooks
 
-if TYPE_CHECKING:  # torch is imported lazily: the CLI builds this parser for every command
+if TYPE_CHECKING:  # torch is imported lazily, when a model is prepared
+    import torch
     from torch import nn
-
-    from .train import Hooks
 
 MODES = "full | head | partial:K | lora"
 
@@ -88,71 +87,10 @@ def parse_mode(mode: str) -> tuple[str, int]:
     raise ConfigError(f"mode: expected {MODES} (K >= 1), got {mode!r}")
 
 
-# ------------------------------------------------------------------------------ LoRA (PEFT)
-
-
-def _peft() -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise ConfigError("mode lora needs Hugging Face PEFT: "
-                          "pip install 'mnistlab[lora]'") from None
-    return peft
-
-
-def lora_target_names(model: nn.Module, patterns: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """Full names of the backbone's Linear/Conv2d layers whose name is or ends with a pattern
-    (all of them for no patterns). The head is never a target: it is new and trains fully."""
-    from torch import nn
-
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-              and n != "head" and not n.startswith("head.")]
-    if not patterns:
-        return layers
-    hits = {p: [n for n in layers if n == p or n.endswith("." + p)] for p in patterns}
-    missing = [p for p, ns in hits.items() if not ns]
-    if missing:
-        raise ConfigError(f"lora_targets: {', '.join(missing)} match no Linear/Conv2d layer; "
-                          f"layers: {', '.join(layers)}")
-    return [n for n in layers if any(n in ns for ns in hits.values())]
-
-
-def attach_adapter(model: nn.Module, adapter: dict[str, Any]) -> nn.Module:
-    """Inject LoRA layers in place (names become ``...base_layer.weight``, ``...lora_A...``).
-
-    PEFT freezes every non-adapter weight. ``adapter`` is the checkpoint's ``adapter`` entry,
-    so checkpoint.py rebuilds a fine-tuned model with the same call.
-    """
-    if adapter.get("type") != "lora":
-        raise ConfigError(f"adapter: unknown type {adapter.get('type')!r} (expected 'lora')")
-    peft = _peft()
-    config = peft.LoraConfig(r=adapter["rank"], lora_alpha=adapter["alpha"],
-                             lora_dropout=adapter["dropout"],
-                             target_modules=list(adapter["target_modules"]), bias="none")
-    peft.inject_adapter_in_model(config, model)
-    return model
-
-
-def merge_adapter(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    """A plain registry model equal to ``model`` with each adapter folded into its layer
-    (W <- W + (alpha / r) * B @ A); ``model`` itself is left untouched."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from .models import create_model
-
-    merged = copy.deepcopy(model)
-    for name, module in list(merged.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge(safe_merge=True)  # safe: refuses to write NaN/inf into the weights
-            parent, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent), child, module.get_base_layer())
-    plain = create_model(meta["model"], **meta["model_args"])
-    plain.load_state_dict(merged.state_dict())  # strict: only plain registry weights are left
-    return plain.to(next(model.parameters()).device).eval()
-
-
 def write_merged(run_or_checkpoint: str | Path, which: str = "best") -> Path:
     """Write ``merged`` next to a LoRA checkpoint: a plain checkpoint that loads without PEFT."""
+    from .models.adapters import merge_adapter
+
     ck = load_checkpoint(run_or_checkpoint, which=which)
     if not ck.meta.get("adapter"):
         raise CheckpointError(f"{ck.path}: has no adapters to merge")
@@ -190,6 +128,8 @@ def load_parent(source: str | Path, expect_model: str | None = None) -> Checkpoi
         raise CheckpointError(f"{ck.path}: holds model {ck.meta['model']!r}, but --model "
                               f"{expect_model!r} was asked for")
     if ck.meta.get("adapter"):  # a LoRA-tuned parent: continue from its merged weights
+        from .models.adapters import merge_adapter
+
         ck = Checkpoint(merge_adapter(ck.model, ck.meta), ck.meta, ck.path)
     if not isinstance(ck.model, Classifier):
         raise CheckpointError(f"{ck.path}: model {ck.meta['model']!r} has no features/head "
@@ -210,14 +150,14 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
 
     from . import data as data_mod
     from .models import count_parameters
-    from .train import Hooks
+    from .models.adapters import attach_adapter, lora_target_names
 
     parent = load_parent(ft.source, expect_model)
     pmeta = parent.meta
     model = parent.model
     kind, k = parse_mode(ft.mode)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    default_name = f"{pmeta['model']}-ft-{kind}{k or ''}-{cfg.dataset.replace(':', '_')}-{stamp}"
+    default_name = f"{pmeta['model']}-ft-{kind}{k or ''}-{data_mod.slug(cfg.dataset)}-{stamp}"
     cfg = cfg.replace(
         model=pmeta["model"],
         model_args={a: v for a, v in pmeta["model_args"].items() if a != "num_classes"},
@@ -318,7 +258,7 @@ def prepare(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = 
 def finetune(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Fine-tune ``ft.source`` on ``cfg.dataset`` and return the run directory."""
-    from .train import train
+    from .training import train
 
     prep = prepare(ft, cfg, expect_model=expect_model, log=log)
     run_dir = train(prep.cfg, hooks=prep.hooks, log=log)
@@ -326,62 +266,3 @@ def finetune(ft: FinetuneConfig, cfg: TrainConfig, *, expect_model: str | None =
         path = write_merged(run_dir)
         log(f"merged checkpoint (adapters folded in; loads without PEFT): {path}")
     return run_dir
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from .cli import _train_flags
-
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune a trained model on another dataset or class subset",
-        description="Start from a trained run or checkpoint, rebuild the head for the target's "
-        "classes and train as --mode says. See docs/fine-tuning.md.")
-    p.add_argument("--from", dest="source", required=True, metavar="RUN_OR_CHECKPOINT",
-                   help="the pretrained run directory or checkpoint")
-    p.add_argument("--mode", default="full", help=f"{MODES} (default full)")
-    p.add_argument("--backbone-lr-scale", type=float, default=1.0, metavar="S",
-                   help="learning-rate multiplier of the pretrained weights (full, partial)")
-    p.add_argument("--unfreeze-every", type=int, default=0, metavar="N",
-                   help="gradual unfreezing: one more block every N epochs, head first")
-    p.add_argument("--lora-rank", type=int, default=8, metavar="R",
-                   help="lora: rank of each adapter (default 8)")
-    p.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
-                   help="lora: the adapter update is scaled by A / R (default 16)")
-    p.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
-                   help="lora: dropout on the adapters' input (default 0)")
-    p.add_argument("--lora-targets", default="", metavar="NAMES",
-                   help="comma-separated layer-name suffixes, e.g. qkv,proj,fc1,fc2 "
-                   "(default: every Linear/Conv2d layer of the backbone)")
-    p.add_argument("--merge", action="store_true",
-                   help="lora: also write checkpoints/merged with the adapters folded in")
-    p.add_argument("--config", "-c", help="a recipe for the training settings")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, log lines only")
-    _train_flags(p)
-    p.set_defaults(func=cmd_finetune)
-    return p
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    import json
-
-    from .cli import _overrides
-    from .config import build_config
-
-    over = _overrides(args)
-    if "dataset" not in over:
-        raise ConfigError("dataset: finetune needs --dataset TARGET (e.g. mnist:5-9)")
-    expect_model = over.pop("model", None)  # the model is the parent's; --model only checks it
-    cfg = build_config(args.config, over)
-    ft = FinetuneConfig(
-        source=args.source, mode=args.mode, backbone_lr_scale=args.backbone_lr_scale,
-        unfreeze_every=args.unfreeze_every, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-        merge=args.merge)
-    if not args.quiet:
-        print("finetune: " + json.dumps(asdict(ft)))
-    run_dir = finetune(ft, cfg, expect_model=expect_model)
-    print(f"run directory: {run_dir}")
-    return 0

@@ -6,20 +6,8 @@ Images are gathered by index (``index_select`` on the uint8 rows), converted to 
 raw 0..255 scale, augmented when asked (0 stays background, the augmentation's fill), and
 normalized in place as ``shift + scale * x`` = ``(x/255 - mean)/std``.
 
-Choices, measured at batch 64 on full MNIST (``python benchmarks/loader.py``, shared 2-core
-dev box, quiet): 3.6M images/s on 2 threads and 2.1M on 1, against 58-60k for the
-``DataLoader`` pattern of the official PyTorch example.
-
-- Without augmentation, whole batches are prepared ``CHUNK`` elements (256 images) at a time
-  and yielded as views of the chunk: at batch 64 one gather and one conversion per batch cost
-  more in per-op overhead than in work (1.3M images/s on 2 threads, 2.1M on 1, per batch).
-  256 images (0.8 MB of float32) was the best chunk of 128..1024: large enough to amortize
-  the ops, small enough to stay in cache until the batches are used.
-- Gathering each chunk beats permuting the whole split up front and slicing: the rows are
-  converted while still in cache, and there is no second copy of the split.
-- ``x.float()`` then an in-place ``shift + scale * x`` is ~15% faster than one ``torch.add``
-  from uint8 to float (that mixed-dtype op is not vectorized as well).
-- With augmentation the chunk is one batch: the augmentation draws per-batch parameters.
+Why it is built this way (whole batches at a time, chunked conversion, no DataLoader) and
+what each choice measured: docs/performance.md, "The loader".
 """
 
 from __future__ import annotations

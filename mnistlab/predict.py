@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
+from .limits import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from .preprocess import (
     EXTENSIONS,
     MAX_PIXELS,
     ImageSource,
     PreprocessError,
     preprocess_image,
-    to_png,
 )
-
-DEFAULT_THRESHOLD = 0.5  # below this top probability a prediction is flagged "unsure"
-DEFAULT_TOP_K = 3
 
 
 @dataclass(frozen=True)
@@ -92,9 +86,12 @@ class Predictor:
         """(28, 28) float32 0..1; raises ``PreprocessError`` for a bad or blank image."""
         return preprocess_image(image, max_pixels=self.max_pixels)
 
-    def predict_arrays(self, images01: np.ndarray, *, top_k: int | None = None) -> list[Prediction]:
-        """Already-preprocessed (B, 28, 28) 0..1 images -> one ``Prediction`` each."""
-        images01 = np.asarray(images01, dtype=np.float32).reshape(-1, 28, 28)
+    def predict_arrays(self, images: np.ndarray, *, top_k: int | None = None) -> list[Prediction]:
+        """Images already in the MNIST layout -> one ``Prediction`` each: (28, 28) or
+        (N, 28, 28) (or (N, 1, 28, 28)), ink high on a zero background, as uint8 0..255
+        (what torchvision and Keras hand out: scaled here) or floats in 0..1. Nothing else
+        is guessed: other ranges are refused with a PreprocessError."""
+        images01 = as_mnist_arrays(images)
         if len(images01) == 0:
             return []
         probs = _softmax(self.checkpoint.logits(self.checkpoint.normalize(images01)))
@@ -127,7 +124,29 @@ class Predictor:
         return self.predict_arrays(self.preprocess(image)[None], top_k=top_k)[0]
 
 
-# ------------------------------------------------------------------------------ CLI
+def as_mnist_arrays(images: Any) -> np.ndarray:
+    """(N, 28, 28) float32 in 0..1 from MNIST-layout arrays; PreprocessError otherwise."""
+    a = np.asarray(images)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1:] != (28, 28):
+        raise PreprocessError(f"arrays must be (28, 28) or (N, 28, 28) images, got shape "
+                              f"{a.shape}; pass image files or PIL images to preprocess them")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise PreprocessError(f"arrays must be uint8 0..255 or floats 0..1, got {a.dtype}")
+    a = a.astype(np.float32)
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+        raise PreprocessError(
+            f"float arrays must hold values in 0..1 (ink high), got {a.min():g}..{a.max():g}; "
+            "for 0..255 values pass uint8, for normalized inputs undo the normalization")
+    return a
+
+
+# ------------------------------------------------------------------------------ files
 
 
 def find_images(paths: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
@@ -151,113 +170,3 @@ def find_images(paths: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
         else:
             out.append((p, "no such file or folder"))
     return out
-
-
-def _unique_name(folder: Path, stem: str, used: set[str]) -> Path:
-    name, n = f"{stem}.png", 1
-    while name in used:
-        name, n = f"{stem}-{n}.png", n + 1
-    used.add(name)
-    return folder / name
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """``mnistlab predict``: exit 0 if every image was predicted, 1 if any failed, 2 if the
-    checkpoint cannot be loaded or the arguments are wrong."""
-    out, err = sys.stdout, sys.stderr
-    if not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be in 0..1, got {args.threshold}", file=err)
-        return 2
-    if args.top_k < 1:
-        print(f"error: --top-k must be at least 1, got {args.top_k}", file=err)
-        return 2
-    try:
-        predictor = Predictor.load(args.checkpoint, threshold=args.threshold, top_k=args.top_k)
-    except CheckpointError as e:
-        print(f"error: {e}", file=err)
-        return 2
-    save_dir = Path(args.save_input) if args.save_input else None
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    failures = 0
-    chunk = 256  # images preprocessed, then classified in one batch, then printed
-
-    def report_error(path: Path, message: str) -> None:
-        nonlocal failures
-        failures += 1
-        if args.json:
-            print(json.dumps({"file": str(path), "error": message}), file=out)
-        else:
-            print(f"{path}: error: {message}", file=err)
-
-    items = find_images(args.images)
-    for start in range(0, len(items), chunk):
-        # (path, model input or None, error or None), in the order given
-        entries: list[tuple[Path, np.ndarray | None, str | None]] = []
-        for path, problem in items[start : start + chunk]:
-            if problem:
-                entries.append((path, None, problem))
-                continue
-            try:
-                entries.append((path, predictor.preprocess(path), None))
-            except PreprocessError as e:  # its message starts with the path already
-                entries.append((path, None, str(e).removeprefix(f"{path}: ")))
-        good = [x for _, x, _ in entries if x is not None]
-        preds = iter(predictor.predict_arrays(np.stack(good)) if good else [])
-        for path, _x, problem in entries:
-            if problem is not None:
-                report_error(path, problem)
-                continue
-            pred = next(preds)
-            saved = None
-            if save_dir is not None:
-                saved = _unique_name(save_dir, path.stem, used)
-                saved.write_bytes(to_png(pred.input))
-            if args.json:
-                rec = {"file": str(path), **pred.to_dict(predictor.classes)}
-                if saved is not None:
-                    rec["input_file"] = str(saved)
-                print(json.dumps(rec), file=out)
-            else:
-                alts = ", ".join(f"{c} {p:.1%}" for c, p in pred.top_k)
-                flag = "  (unsure)" if pred.unsure else ""
-                print(f"{path}: {pred.label} ({pred.confidence:.1%}){flag}  [{alts}]", file=out)
-        out.flush()
-    if not items:
-        print("error: no images given", file=err)
-        return 2
-    if failures and not args.json:
-        print(f"{failures} of {len(items)} image(s) could not be predicted", file=err)
-    return 1 if failures else 0
-
-
-def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``predict`` on an ``argparse`` subparsers object; sets ``func=run_predict``."""
-    p = subparsers.add_parser(
-        "predict", help="classify image files with a trained model",
-        description="Classify images (PNG, JPEG, BMP, GIF, WebP; files or folders) after "
-                    "preparing them as MNIST digits were made. Exit status: 0 all predicted, "
-                    "1 some images failed (each reported), 2 bad checkpoint or arguments.")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                   help="a run directory (uses its best checkpoint) or a checkpoint path")
-    p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="image files, or folders searched recursively")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
-                   help=f"alternatives to show (default {DEFAULT_TOP_K})")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per image on stdout (errors too, with an 'error' key)")
-    p.add_argument("--save-input", metavar="DIR",
-                   help="save the 28x28 image the model saw for each input, as PNG")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"flag predictions below this probability as unsure "
-                        f"(default {DEFAULT_THRESHOLD})")
-    p.set_defaults(func=run_predict)
-    return p
-
-
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``serve`` lives in ``mnistlab.serve``; re-exported so the CLI finds both commands here."""
-    from .serve import add_serve_parser as add
-
-    return add(subparsers)

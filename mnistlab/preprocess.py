@@ -23,17 +23,20 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .errors import MnistlabError
+from .limits import MAX_FILE_BYTES, MAX_PIXELS
 
 # Formats Pillow may decode here (anything else is refused before decoding).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MIME_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
-MAX_PIXELS = 25_000_000  # decompression-bomb guard: width * height, checked before decoding
 WORK_SIDE = 1024  # larger images are box-averaged down first; the digit ends up 20 px anyway
 SIZE = 28  # output field
 BOX = 20  # the digit's bounding box is scaled to fit BOX x BOX
@@ -47,7 +50,7 @@ _RESAMPLE = Image.Resampling.LANCZOS
 ImageSource = Image.Image | bytes | bytearray | memoryview | str | os.PathLike
 
 
-class PreprocessError(ValueError):
+class PreprocessError(MnistlabError, ValueError):
     """An image cannot be turned into a model input; the message says why."""
 
 
@@ -71,6 +74,25 @@ def _prefix(src: ImageSource) -> str:
     return f"{src}: " if isinstance(src, (str, os.PathLike)) else ""
 
 
+def _read_image_file(path: Path, name: str) -> bytes:
+    """The bytes of a regular image file of at most MAX_FILE_BYTES: a device (/dev/zero), a
+    named pipe (which would block) or a huge file is refused before anything is read."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImageError(f"{name}not a regular file (a device, pipe or folder)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageTooLargeError(f"{name}file of {st.st_size:,} bytes, more than the allowed "
+                                 f"{MAX_FILE_BYTES:,}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+
+
 def open_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode the first frame of ``src`` (bytes, a path or a PIL image), EXIF-rotated.
 
@@ -82,10 +104,7 @@ def open_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image
         img = src
     else:
         if isinstance(src, (str, os.PathLike)):
-            try:
-                data = Path(src).read_bytes()
-            except OSError as e:
-                raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+            data = _read_image_file(Path(src), name)
         else:
             data = bytes(src)
         if not data:

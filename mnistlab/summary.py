@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Any
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict:
-    """Rows for every leaf module (in call order) and totals; FLOPs count a multiply-add as 2."""
+def summarize(model: Any, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict:
+    """Rows for every leaf module of a torch model (in call order) and totals; FLOPs count
+    a multiply-add as 2."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     model = model.eval()
     shapes: dict[str, tuple] = {}
     order: list[str] = []
@@ -52,7 +54,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -
 
 
 def format_summary(name: str, s: dict) -> str:
-    lines = [f"{name}: forward FLOPs per image counted by torch.utils.flop_counter",
+    lines = [f"{name}: forward FLOPs per image (a multiply-add counts 2)",
              f"{'layer':<28} {'type':<18} {'output':<18} {'params':>10} {'FLOPs':>12}"]
     for r in s["rows"]:
         out = "x".join(map(str, r["output"][1:])) if r["output"] else "-"

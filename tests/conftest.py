@@ -15,7 +15,7 @@ def _train_small_mlp(run_dir: Path) -> Path:
     """A 784-256-10 MLP, ~860 Adam steps through the real training loop (a few seconds on
     one core): full MNIST when MNISTLAB_DATA_DIR is set, else the offline mnist-5k."""
     from mnistlab.config import TrainConfig
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     dataset = "mnist" if os.environ.get("MNISTLAB_DATA_DIR") else "mnist-5k"
     cfg = TrainConfig(dataset=dataset, model="mlp", model_args={"hidden": [256]}, epochs=4,
@@ -32,4 +32,34 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ==============================================================================================
 # end of predict / serve section
+# ==============================================================================================
+
+
+# ==============================================================================================
+# data (tests/test_data*.py): no real data directory leaks in; a tiny registered dataset
+# ==============================================================================================
+
+@pytest.fixture
+def data_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No env var, a private per-user cache, no system dirs (use with ``usefixtures``)."""
+    from mnistlab import data
+
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", ())
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch):
+    """The tiny fixture dataset of helpers_data, registered under its name for the test."""
+    from helpers_data import make_tiny
+
+    from mnistlab import data
+
+    t = make_tiny()
+    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
+    return t
+
+# ==============================================================================================
+# end of data section
 # ==============================================================================================

@@ -87,6 +87,15 @@ def make_tiny(
     return Tiny(spec, arrays)
 
 
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``mnistlab data ARGV`` through the real entry point: (exit code, stdout, stderr)."""
+    from mnistlab.cli import main
+
+    rc = main(["data", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 # ------------------------------------------------------------------------ HTTP server
 
 Route = Callable[[http.server.BaseHTTPRequestHandler], None]
@@ -111,6 +120,48 @@ def send_bytes(body: bytes, status: int = 200, *, cut: int | None = None) -> Rou
         h.wfile.write(body if cut is None else body[:cut])
         h.wfile.flush()
         h.close_connection = True
+
+    return route
+
+
+def send_stream(
+    head: bytes, filler: bytes, total: int, *, announce: bool = False, sent: list | None = None
+) -> Route:
+    """Send ``head`` then ``filler`` repeated up to ``total`` bytes (a Content-Length only if
+    ``announce``); appends to ``sent`` how many bytes were written before the client hung up."""
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        if announce:
+            h.send_header("Content-Length", str(total))
+        h.end_headers()
+        n = 0
+        try:
+            h.wfile.write(head)
+            n = len(head)
+            while n < total:
+                h.wfile.write(filler)
+                n += len(filler)
+        except OSError:  # the client stopped reading and closed the connection
+            pass
+        finally:
+            if sent is not None:
+                sent.append(n)
+        h.close_connection = True
+
+    return route
+
+
+def send_then_stall(body: bytes, cut: int) -> Route:
+    """Send the first ``cut`` bytes of ``body`` (announcing all of it), then hang."""
+
+    def route(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body[:cut])
+        h.wfile.flush()
+        h.server.state.release.wait(30)
 
     return route
 

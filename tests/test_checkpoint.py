@@ -52,11 +52,13 @@ def test_damaged_or_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
     meta = json.loads((ck_dir / "best.json").read_text())
     weights = ck_dir / meta["weights"]["file"]
 
-    data = bytearray(weights.read_bytes())
+    original = weights.read_bytes()
+    data = bytearray(original)
     data[-5] ^= 0xFF  # one flipped bit pattern in the weights
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256 differs"):
         load_checkpoint(run)
+    weights.write_bytes(original)
 
     (ck_dir / "best.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable checkpoint metadata"):

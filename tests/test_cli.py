@@ -56,8 +56,9 @@ def test_numpy_engine_same_front_door(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "np"
     meta = json.loads((run_dir / "checkpoints" / "best.json").read_text())
     assert meta["engine"] == "numpy" and meta["weights"]["file"].endswith(".npz")
-    assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if x] == [1, 2, 3, 4]
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3, 4]
+    assert any(r["type"] == "step" for r in records)  # log_every is honoured too
     code, out, _ = run(capsys, "eval", str(run_dir), "--split", "test", "--json")
     assert json.loads(out)["accuracy"] > 0.9
     code, _, err = run(capsys, "train", "--model", "numpy-mlp", "--augment", "affine",
@@ -76,7 +77,7 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, capsys) -> None:
     assert code == 2 and "workers: only the NumPy engine" in err
     code, _, err = run(capsys, "train", "--model", "numpy-mlp", "--workers", "3",
                        "--runs-dir", str(tmp_path))
-    assert code == 2 and err.strip() == "mnistlab: error: workers: must be 1 or 2, got 3"
+    assert code == 2 and err.strip() == "mnistlab: error: workers: must be one of 1, 2; got 3"
 
 
 def test_summary_models_and_recipes(capsys) -> None:

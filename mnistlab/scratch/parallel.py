@@ -39,7 +39,7 @@ import numpy as np
 from .layers import Linear, Sequential
 from .losses import SoftmaxCrossEntropy
 from .optim import Optimizer
-from .train import Gather, add_l2, batch_order
+from .step import Gather, Penalties, batch_order
 
 __all__ = ["TwoProcessStep", "supported"]
 
@@ -99,8 +99,8 @@ class TwoProcessStep:
     """`fit`'s step for workers=2 (see the module docstring). The first layer of `model`
     must be a Linear that skips its input gradient, as in `build_mlp`."""
 
-    def __init__(self, model: Sequential, opt: Optimizer, x_train, batch_size, norm, l2,
-                 *, seed: int) -> None:  # fmt: skip
+    def __init__(self, model: Sequential, opt: Optimizer, x_train, batch_size, norm, l1, l2,
+                 smoothing, *, seed: int) -> None:  # fmt: skip
         why = supported()
         if why:
             raise ValueError(f"workers=2 {why}; use workers=1")
@@ -126,15 +126,16 @@ class TwoProcessStep:
         worker_opt = opt.view([(iw, slice(r, None))])
 
         self.model, self.layers, self.b = model, model.layers[1:], b
-        self.w, self.r, self.l2 = w, r, l2
-        self.loss_fn = SoftmaxCrossEntropy()
-        self.decayed = [p for p in self.main_opt.params if p.decay] if l2 else []
-        self.l2_tmp = [np.empty_like(p.value) for p in self.decayed]
+        self.w, self.r, self.l1, self.l2 = w, r, l1, l2
+        self.loss_fn = SoftmaxCrossEntropy(smoothing)
+        self.penalties = Penalties(self.main_opt.params, l1, l2)
         B, H = min(batch_size, len(x_train)), w.value.shape[1]
         self.z = np.empty((B, H), dtype=model.dtype)
         self.z_worker = shared_like(np.zeros((B, H), dtype=model.dtype))  # worker -> main
         self.dz = shared_like(np.zeros((B, H), dtype=model.dtype))  # main -> worker
-        self.lr = shared_like(np.zeros(1))
+        # the learning rate of step t sits in lr[t % 2]: the main process writes step t+1's
+        # while the worker may still be reading step t's
+        self.lr = shared_like(np.zeros(2))
         self.gather = Gather(np.ascontiguousarray(x_train[:, :r]), batch_size, model.dtype, norm)
         self.t = 0  # steps taken in this fit (the hand-off counters count from here)
         self.epochs_begun = 0
@@ -158,15 +159,15 @@ class TwoProcessStep:
             self._blas.restore_original_limits()
             raise
 
-    def begin_epoch(self, epoch: int, lr: float) -> None:
-        self.main_opt.lr = lr
-        self.lr[0] = lr
+    def begin_epoch(self, epoch: int) -> None:
         self.flags.post(EPOCH_NO, epoch)
         self.epochs_begun += 1
         self.flags.post(EPOCH, self.epochs_begun)  # posted last: the worker may start
 
-    def __call__(self, idx: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def __call__(self, idx: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
         self.t += 1
+        self.lr[self.t % 2] = lr  # posted to the worker with GO below
+        self.main_opt.lr = lr
         n, flags = len(idx), self.flags
         x = self.gather(idx)  # (B, r): this process's pixel columns
         z = np.matmul(x, self.w.value[: self.r], out=self.z[:n])  # (B, H), partial
@@ -175,7 +176,7 @@ class TwoProcessStep:
         z += self.b.value
         for layer in self.layers:  # the rest of the network, as Sequential does
             z = layer.forward(z)
-        loss = self.loss_fn(z, y)
+        self.loss_fn(z, y)
         d = self.loss_fn.backward()
         for layer in reversed(self.layers):
             d = layer.backward(d)
@@ -183,9 +184,9 @@ class TwoProcessStep:
         flags.post(GO, 2 * self.t)
         np.matmul(x.T, d, out=self.w.grad[: self.r])  # dW[:r] = x[:, :r]^T dz
         np.sum(d, axis=0, out=self.b.grad)
-        add_l2(self.decayed, self.l2, self.l2_tmp)
+        self.penalties()
         self.main_opt.step()
-        return loss, self.loss_fn.pred
+        return self.loss_fn.nll, self.loss_fn.pred
 
     def end_epoch(self) -> None:
         self.flags.wait(DONE, 2 * self.t)  # the worker's last update of the epoch is in
@@ -213,15 +214,13 @@ def _worker_main(step: TwoProcessStep, opt: Optimizer, x_train, batch_size, norm
         r, n = step.r, len(x_train)
         gather = Gather(np.ascontiguousarray(x_train[:, r:]), batch_size, step.model.dtype, norm)
         w = opt.params[0]  # rows [r:] of the first layer's weight (a view, shared)
-        decayed = [w] if step.l2 else []
-        l2_tmp = [np.empty_like(w.value)] if step.l2 else []
+        penalties = Penalties([w], step.l1, step.l2)
         t = epochs = 0
         while True:
             epochs += 1
             flags.wait(EPOCH, epochs)  # the main process began an epoch, or says stop
             if flags.a[STOP]:
                 return
-            opt.lr = float(step.lr[0])
             for idx in batch_order(n, batch_size, seed, int(flags.a[EPOCH_NO])):
                 t += 1
                 x = gather(idx)  # (B, d - r)
@@ -229,7 +228,8 @@ def _worker_main(step: TwoProcessStep, opt: Optimizer, x_train, batch_size, norm
                 flags.post(DONE, 2 * t - 1)
                 flags.wait(GO, 2 * t)  # dz is ready
                 np.matmul(x.T, step.dz[: len(idx)], out=w.grad)  # dW[r:] = x[:, r:]^T dz
-                add_l2(decayed, step.l2, l2_tmp)
+                penalties()
+                opt.lr = float(step.lr[t % 2])
                 opt.step()
                 flags.post(DONE, 2 * t)
     except _Stopped:

