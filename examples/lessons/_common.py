@@ -45,7 +45,7 @@ def run(overrides: dict[str, Any], runs_dir: str | Path, name: str, *,
     ``run_dir``. With ``reuse``, a finished run directory is read instead of retrained
     (rerun a lesson to redraw its plots without training again)."""
     from mnistlab.config import build_config
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     run_dir = Path(runs_dir) / name
     cfg = build_config(None, {**BASE, **overrides, "runs_dir": str(runs_dir), "name": name})

@@ -43,9 +43,9 @@ def fit(train, val, *, mean: float, std: float, optimizer: str, lr: float, epoch
     import torch
     import torch.nn.functional as F
 
+    from mnistlab.engines.torch_engine import evaluate_loader
     from mnistlab.loader import BatchLoader
     from mnistlab.models import create_model
-    from mnistlab.train import evaluate_loader
 
     torch.manual_seed(seed)
     model = create_model("mlp", hidden=[hidden])

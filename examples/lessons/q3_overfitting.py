@@ -54,7 +54,7 @@ def clean_train_accuracy(run_dir: Path, overrides: dict) -> float:
 
     from mnistlab.checkpoint import load_checkpoint
     from mnistlab.config import build_config
-    from mnistlab.train import load_splits
+    from mnistlab.training import load_splits
 
     ck = load_checkpoint(run_dir)
     train, _val = load_splits(build_config(None, overrides))

@@ -33,7 +33,7 @@ LR = {"full": 3e-3, "head": 1e-1, "scratch": 1e-2}
 
 def pretrain(source: str, runs_dir: Path, source_cfg: dict = SOURCE) -> Path:
     from mnistlab.config import build_config
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     run_dir = runs_dir / "source"
     if (run_dir / "eval_val.json").is_file():
@@ -50,7 +50,7 @@ def compare(source: str, target: str, runs_dir: Path, *, labels_per_class: int =
     from mnistlab.config import build_config
     from mnistlab.evaluate import evaluate
     from mnistlab.finetune import FinetuneConfig, finetune
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     src = pretrain(source, runs_dir, source_cfg)
     out: dict = {"source_run": src, "commands": [command({"dataset": source, **source_cfg,
