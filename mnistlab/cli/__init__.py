@@ -17,11 +17,24 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import MnistlabError
-from . import data, evaluate, finetune, models, predict, report, runs, serve, train
+from . import (
+    compress,
+    data,
+    evaluate,
+    export,
+    finetune,
+    models,
+    predict,
+    report,
+    runs,
+    serve,
+    train,
+)
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, PREFIX, HelpFormatter, Parser
 
 # in the order `mnistlab --help` lists them
-COMMANDS = (train, finetune, evaluate, report, runs, predict, serve, models, data)
+COMMANDS = (train, finetune, compress, evaluate, report, runs, export, predict, serve, models,
+            data)
 
 
 def build_parser() -> Parser:

@@ -29,6 +29,9 @@ def register(sub) -> None:
                    help="flag predictions below this probability as unsure")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--runtime", default="torch", metavar="torch|onnx",
+                   help="torch, or onnx: the run's ONNX export (mnistlab export RUN) or a .onnx "
+                        "file, run by ONNX Runtime (the onnx extra)")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="do not log each request (logged by default)")
     g = p.add_argument_group("limits")
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"serve: serving needs the 'serve' extra ({e.name} is missing): "
                           "pip install 'mnistlab[serve]'") from None
     try:
-        app = create_app(args.checkpoint, threshold=args.threshold, options=opts)
+        app = create_app(args.checkpoint, threshold=args.threshold, options=opts,
+                         runtime=args.runtime)
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise

@@ -237,8 +237,11 @@ class Workers:
 
 def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
                top_k: int = DEFAULT_TOP_K, device: str = "cpu",
-               options: ServeOptions | None = None, **settings: Any) -> FastAPI:
+               options: ServeOptions | None = None, runtime: str = "torch",
+               **settings: Any) -> FastAPI:
     """The app for one checkpoint (a run directory or a checkpoint path).
+
+    ``runtime="onnx"``: the run's ONNX export (or a .onnx file) run by ONNX Runtime.
 
     ``options`` (or keywords naming its fields, e.g. ``max_upload_bytes=200_000``,
     ``docs=False``): the limits, batching and exposure settings; see ``ServeOptions``.
@@ -250,7 +253,8 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
                           f"known: {', '.join(sorted(known))}")
     opts = dataclasses.replace(options or ServeOptions(), **settings)
     predictor = Predictor.load(checkpoint_path, device=device, threshold=threshold,
-                               top_k=top_k, max_pixels=opts.max_pixels)
+                               top_k=top_k, max_pixels=opts.max_pixels, runtime=runtime,
+                               threads=1 if runtime == "onnx" else None)
     classes = predictor.classes
     body_limit = opts.max_upload_bytes * 4 // 3 + BASE64_SLACK
     meta = predictor.meta
