@@ -94,3 +94,27 @@ def test_fast_cnn_depth_adds_convolutions_per_block() -> None:
     assert create_model("fast-cnn", **two.config).config == two.config  # rebuilt from a checkpoint
     with pytest.raises(ValueError, match="depth"):
         create_model("fast-cnn", depth=0)
+
+
+def test_resnet_small_stages_and_shortcuts() -> None:
+    """Stride-2 stem, stages 14 -> 7 -> 4, and blocks that add their input back."""
+    from torch import nn
+
+    from mnistlab.models.resnet import ResidualBlock
+
+    model = create_model("resnet-small").eval()
+    h, maps = torch.randn(2, 1, 28, 28), []
+    for block in model.backbone:
+        h = block(h)
+        maps.append(tuple(h.shape[1:]))
+    assert maps == [(16, 14, 14), (16, 14, 14), (32, 7, 7), (64, 4, 4), (64,)]
+    stage1, stage2 = model.backbone[1][0], model.backbone[2][0]
+    assert isinstance(stage1.shortcut, nn.Identity)  # same width and size: the input itself
+    assert isinstance(stage2.shortcut[0], nn.Conv2d)  # projection where the shape changes
+    # with the residual branch silenced (its last batch norm scaled to 0), a block is
+    # relu(x): the shortcut carries the input through
+    block = ResidualBlock(8, 8).eval()
+    nn.init.zeros_(block.body[-1].weight)
+    nn.init.zeros_(block.body[-1].bias)
+    x = torch.randn(3, 8, 5, 5)
+    assert torch.equal(block(x), torch.relu(x))

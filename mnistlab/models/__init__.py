@@ -56,7 +56,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-from . import cnn, mlp  # noqa: E402,F401  (registers the models)
+from . import cnn, mlp, resnet  # noqa: E402,F401  (registers the models)
 
 try:  # the ViT lives in its own file; keep the registry usable while it is absent
     from . import vit  # noqa: E402,F401
