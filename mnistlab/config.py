@@ -62,6 +62,9 @@ class TrainConfig:
                        "$MNISTLAB_DATA_DIR, then ~/.cache/mnistlab)", group="data")
     val_size: int = _f(-1, "validation images held out of train (-1: 5,000, or 10% of a "
                        "small set)", group="data", ge=-1)
+    split_seed: int = _f(-1, "seeds which images are held out for validation (-1: --seed); "
+                         "runs that share it share a validation split, e.g. the members of "
+                         "an ensemble", group="data", ge=-1)
     labels_per_class: int = _f(0, "train on only this many labelled images per class (0: all)",
                                group="data", ge=0)
     augment: str = _f("none", "augmentation preset applied to training batches", group="data",
@@ -125,6 +128,9 @@ class TrainConfig:
                       resumable=True)
     workers: int = _f(1, "numpy-mlp only: 2 splits the first layer over two processes "
                       "(Linux x86-64)", group="hardware", choices=(1, 2))
+    nproc: int = _f(1, "data-parallel training processes on this machine (torch engine, "
+                    "DDP); batch_size is the global batch, split evenly; under torchrun "
+                    "leave it at 1", group="hardware", ge=1, resumable=True)
     amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)",
                    group="hardware")
     compile: bool = _f(False, "torch.compile the model", group="hardware")
@@ -136,6 +142,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def val_seed(self) -> int:
+        """The seed of the validation split: ``split_seed``, or ``seed`` when it is -1."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def replace(self, **changes: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **changes})

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_mod
+from . import distributed
 from .checkpoint import load_checkpoint
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, from_dict
 from .engines import engine_for_model
 from .errors import ConfigError, TrainingDiverged
 from .run import EarlyStopping, RunDir, has_checkpoint, read_run_info, saved_config
@@ -49,7 +50,7 @@ class Hooks:
 def load_splits(cfg: TrainConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
     """(train, val) for a config; few-label runs keep only N labelled images per class."""
     kw = dict(data_dir=cfg.data_dir or None, val_size=None if cfg.val_size < 0 else cfg.val_size,
-              seed=cfg.seed)
+              seed=cfg.val_seed)
     train_ds = data_mod.load(cfg.dataset, "train", **kw)
     val_ds = data_mod.load(cfg.dataset, "val", **kw)
     if cfg.labels_per_class:
@@ -81,10 +82,18 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     ``resume``: a run directory to continue from the end of its last completed epoch (its
     ``last`` checkpoint holds the training state); a run that died before its first
     checkpoint starts over in place.
+
+    ``cfg.nproc`` > 1: once everything is checked, ``nproc`` new processes train the run
+    together (distributed.py); their rank 0 prints the log lines and writes the run. Under
+    torchrun this function runs in every rank, and only rank 0 writes.
     """
     hooks = hooks or Hooks()
     engine = engine_for_model(cfg.model)
     engine.check(cfg, hooks)
+    ctx = distributed.env_context()  # this process's rank in a data-parallel run, or None
+    primary = ctx is None or ctx.primary
+    if not primary:
+        log = _silent
     if resume is not None:
         info = read_run_info(resume)
         if hooks.model is not None or info.get("parent") or info.get("finetune"):
@@ -113,7 +122,13 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         model = engine.build(cfg.model, cfg.model_args, train_ds.num_classes, seed=cfg.seed)
     run = RunDir.prepare(cfg, engine, classes=list(train_ds.classes),
                          normalization={"mean": train_ds.mean, "std": train_ds.std},
-                         extra=hooks.meta, resume=resume)
+                         extra=hooks.meta, resume=resume, primary=primary)
+    if cfg.nproc > 1 and ctx is None:  # checked, nothing written: the ranks take over
+        ranked = cfg.replace(name=run.path.name) if resume is None else cfg
+        distributed.launch("mnistlab.training:_rank_main",
+                           [ranked.to_dict(), None if resume is None else str(resume)],
+                           cfg.nproc)
+        return run.path
 
     # --- train, then the report (the test split is evaluated here, once)
     run.start(resumed=state is not None)
@@ -127,16 +142,28 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         else:
             result = engine.fit(cfg, run, model, train_ds, val_ds, hooks=hooks, state=state,
                                 log=log)
-            run.info["parameters"] = result.get("parameters")
-            run.info["hardware"].update(result.get("hardware", {}))
+            if primary:
+                run.info["parameters"] = result.get("parameters")
+                run.info["hardware"].update(result.get("hardware", {}))
         run.finish()
     except BaseException as e:
         run.fail(e)
         raise
+    if not primary:
+        return run.path
     from .report import write_report
 
     write_report(run.path, eval_test=cfg.eval_test, log=log, train_seconds=run.train_seconds)
     return run.path
+
+
+def _rank_main(cfg: dict[str, Any], resume: str | None) -> None:
+    """One rank of ``train(cfg)`` with ``cfg.nproc`` > 1 (distributed.launch runs it)."""
+    train(from_dict(cfg), resume=resume)
+
+
+def _silent(*_: Any) -> None:
+    pass
 
 
 def _stopped(state: dict[str, Any]) -> bool:
