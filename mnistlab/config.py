@@ -31,7 +31,7 @@ AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full")  # == augment.PRE
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # also linked as ./recipes
 
 __all__ = ["ConfigError", "TrainConfig", "build_config", "from_dict", "load_config_file",
-           "list_recipes", "find_recipe", "to_toml", "RESUMABLE"]
+           "list_recipes", "find_recipe", "to_toml", "check_value", "RESUMABLE"]
 
 
 def _f(default: Any, help: str, *, group: str, choices: tuple | None = None,
@@ -182,20 +182,27 @@ def field_kind(name: str) -> type:
     return typing.get_origin(hint) or hint
 
 
+def check_value(name: str, value: Any) -> Any:
+    """One field's value, coerced to its type and checked against its own choices and bounds
+    (not against the other fields: ``validate`` does that); ConfigError naming the field."""
+    v, m = coerce(name, value), FIELDS[name].metadata
+    if m["choices"] is not None and v not in m["choices"]:
+        raise ConfigError(f"{name}: must be one of {', '.join(map(str, m['choices']))}; "
+                          f"got {v!r}")
+    for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                          ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        bound = m[key]
+        if bound is not None and not ok(v, bound):
+            raise ConfigError(f"{name}: must be {word} {bound:g}, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    return v
+
+
 def validate(c: TrainConfig) -> None:
     """Bounds and choices from the field metadata, then the checks across fields."""
-    for name, f in FIELDS.items():
-        v, m = getattr(c, name), f.metadata
-        if m["choices"] is not None and v not in m["choices"]:
-            raise ConfigError(f"{name}: must be one of {', '.join(map(str, m['choices']))}; "
-                              f"got {v!r}")
-        for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
-                              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
-            bound = m[key]
-            if bound is not None and not ok(v, bound):
-                raise ConfigError(f"{name}: must be {word} {bound:g}, got {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    for name in FIELDS:
+        check_value(name, getattr(c, name))
     if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
         raise ConfigError(f"betas: need two values in [0, 1), got {c.betas}")
     # a setting that only means something beside another is refused without it, rather than
@@ -346,12 +353,21 @@ def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    """The config as a TOML recipe, grouped as in ``--help``; ``--config`` reads it back."""
-    lines, group = [], None
+def to_toml(cfg: TrainConfig, *, description: str = "", comments: list[str] | None = None,
+            result: dict[str, Any] | None = None) -> str:
+    """The config as a TOML recipe, grouped as in ``--help``; ``--config`` reads it back.
+    ``description``, ``comments`` (lines above the settings) and a ``[result]`` table (what
+    was measured with it, shown by ``mnistlab recipes``) make it a recipe file."""
+    lines: list[str] = []
+    if description:
+        lines.append(f"description = {_toml_value(description)}")
+    lines += [f"# {c}" if c else "#" for c in comments or []]
+    group = None
     for name, f in FIELDS.items():
         if f.metadata["group"] != group:
             group = f.metadata["group"]
             lines.append(f"{'' if not lines else chr(10)}# --- {group}")
         lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
+    if result:
+        lines += ["", "[result]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in result.items()]
     return "\n".join(lines) + "\n"

@@ -242,8 +242,10 @@ class RunDir:
             return
         if not self.path.is_dir():
             return
-        status = (INTERRUPTED if isinstance(error, KeyboardInterrupt)
-                  else DIVERGED if isinstance(error, TrainingDiverged) else FAILED)
+        # an error may say how the run ended (a tuning trial's hook raises one with "pruned")
+        status = getattr(error, "run_status", None) or (
+            INTERRUPTED if isinstance(error, KeyboardInterrupt)
+            else DIVERGED if isinstance(error, TrainingDiverged) else FAILED)
         self.info.update(status=status, error=str(error).splitlines()[0] if str(error) else
                          type(error).__name__, train_seconds=self.train_seconds, ended=_now())
         try:
