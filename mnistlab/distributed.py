@@ -28,7 +28,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,23 +82,35 @@ def env_context() -> Context | None:
 # ------------------------------------------------------------------------------ launching
 
 
-def launch(target: str, args: list[Any], nproc: int) -> None:
+def launch(target: str, args: list[Any], nproc: int,
+           log: Callable[[str], None] | None = None) -> None:
     """Run ``target(*args)`` in ``nproc`` new processes, ranks 0..nproc-1 of one group on this
     machine, and wait for all of them. ``target`` is "module:function"; ``args`` must be
     JSON (the ranks are fresh interpreters, started as ``python -c``, so nothing is pickled
-    and the caller's ``__main__`` is never re-imported). A rank's MnistlabError (a
-    ConfigError, a diverged run...) is raised here as the same error; any other failure as
-    a RuntimeError naming the rank (its traceback went to stderr)."""
+    and the caller's ``__main__`` is never re-imported). ``log`` receives each line rank 0
+    prints (else it goes to this process's stdout). A rank's MnistlabError (a ConfigError,
+    a diverged run...) is raised here as the same error; any other failure as a RuntimeError
+    naming the rank (its traceback went to stderr)."""
     tmp = Path(tempfile.mkdtemp(prefix="mnistlab-ranks-"))
     (tmp / "call.json").write_text(json.dumps({"target": target, "args": args}))
     procs: list[subprocess.Popen] = []
+    pump = None
     try:
         for r in range(nproc):
             env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(nproc),
                    "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(nproc),
+                   "PYTHONUNBUFFERED": "1",
                    ENV_INIT: f"file://{tmp / 'rendezvous'}", _ENV_PARENT: str(os.getpid())}
-            procs.append(subprocess.Popen([sys.executable, "-c", _BOOT, str(tmp)], env=env))
+            piped = r == 0 and log is not None
+            procs.append(subprocess.Popen([sys.executable, "-c", _BOOT, str(tmp)], env=env,
+                                          stdout=subprocess.PIPE if piped else None,
+                                          text=piped or None))
+            if piped:
+                pump = threading.Thread(target=_pump, args=(procs[0].stdout, log), daemon=True)
+                pump.start()
         failed = _wait(procs)
+        if pump is not None:
+            pump.join(timeout=10)
         if failed is not None:
             raise _rank_error(tmp, failed, procs[failed].returncode)
     except KeyboardInterrupt:
@@ -106,6 +120,11 @@ def launch(target: str, args: list[Any], nproc: int) -> None:
     finally:
         _stop(procs, grace=10.0)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pump(stream: Any, log: Callable[[str], None]) -> None:
+    for line in stream:
+        log(line.rstrip("\n"))
 
 
 _ENV_PARENT = "MNISTLAB_LAUNCHER_PID"

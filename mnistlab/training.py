@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         ranked = cfg.replace(name=run.path.name) if resume is None else cfg
         distributed.launch("mnistlab.training:_rank_main",
                            [ranked.to_dict(), None if resume is None else str(resume)],
-                           cfg.nproc)
+                           cfg.nproc, log=log)
         return run.path
 
     # --- train, then the report (the test split is evaluated here, once)

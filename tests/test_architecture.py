@@ -69,6 +69,7 @@ LOW_LEVEL = {
     "mnistlab.errors": set(),
     "mnistlab.limits": set(),
     "mnistlab.config": {"mnistlab.errors"},
+    "mnistlab.distributed": {"mnistlab.errors"},
     "mnistlab.schedules": {"mnistlab.config"},
     "mnistlab.engines.base": {"mnistlab.errors", "mnistlab.config"},
     "mnistlab.checkpoint": {"mnistlab.engines", "mnistlab.errors", "mnistlab"},
