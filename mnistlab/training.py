@@ -76,7 +76,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
 
 
 def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | None = None,
-          log: Callable[[str], None] = print) -> Path:
+          log: Callable[[str], None] = print, report: bool = True) -> Path:
     """Train a model as ``cfg`` says and return its run directory.
 
     ``resume``: a run directory to continue from the end of its last completed epoch (its
@@ -86,6 +86,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     ``cfg.nproc`` > 1: once everything is checked, ``nproc`` new processes train the run
     together (distributed.py); their rank 0 prints the log lines and writes the run. Under
     torchrun this function runs in every rank, and only rank 0 writes.
+
+    ``report=False`` skips the report (plots, report.md, eval_*.json: most of a very short
+    run's time); `mnistlab report RUN` writes it later. Tuning trials use it.
     """
     hooks = hooks or Hooks()
     engine = engine_for_model(cfg.model)
@@ -149,7 +152,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     except BaseException as e:
         run.fail(e)
         raise
-    if not primary:
+    if not primary or not report:
         return run.path
     from .report import write_report
 

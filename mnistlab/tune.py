@@ -3,7 +3,8 @@
     mnistlab tune RECIPE --space SPACE.toml --trials N [--timeout S] [--storage URL]
 
     runs/<study>/study.db          the Optuna storage (SQLite) unless --storage names another
-    runs/<study>/trial-0007/       every trial is a normal run directory (`mnistlab runs`)
+    runs/<study>/trial-0007/       every trial is a normal run directory (`mnistlab runs`);
+                                   only the best one gets its report (`mnistlab report RUN`)
     runs/<study>/report.md         the table of trials, the best trial, the plots below
     runs/<study>/best.toml         the best config as a recipe, its [result] saying how found
     runs/<study>/plots/            history.png (optimization history), importances.png
@@ -319,7 +320,11 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
     sampler = optuna.samplers.TPESampler(
         seed=sampler_seed, multivariate=True, constant_liar=True,
         n_startup_trials=max(4, min(10, trials // 3)))
-    prune = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+    # median: a trial below the median of earlier trials at the same epoch stops, once 5
+    # trials have finished and after the first third of its epochs (early epochs of one-cycle
+    # or warm-up schedules say little about the end)
+    prune = {"median": lambda: optuna.pruners.MedianPruner(
+                 n_startup_trials=5, n_warmup_steps=base.epochs // 3),
              "hyperband": lambda: optuna.pruners.HyperbandPruner(
                  min_resource=1, max_resource=max(base.epochs, 1), reduction_factor=3),
              "none": optuna.pruners.NopPruner}[pruner]()
@@ -358,14 +363,17 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
 
         quiet = train_log or (lambda *_: None)
         t0 = time.perf_counter()
+        run_dir = directory / cfg.name
         try:
-            run_dir = training.train(cfg, hooks=training.Hooks(on_epoch_end=on_epoch_end),
-                                     log=quiet)
+            training.train(cfg, hooks=training.Hooks(on_epoch_end=on_epoch_end), log=quiet,
+                           report=False)  # plots would cost a short trial most of its time
         except _Pruned as e:
+            _train_seconds(trial, run_dir)
             log(f"trial {trial.number}: {e} ({time.perf_counter() - t0:.1f} s)  "
                 + _shown(values))
             raise optuna.TrialPruned(str(e)) from None
         except TrainingDiverged:  # a trial whose loss exploded was a bad one: pruned
+            _train_seconds(trial, run_dir)
             trial.set_user_attr("diverged", True)
             log(f"trial {trial.number}: diverged after {epochs[0]} epoch(s)  " + _shown(values))
             raise optuna.TrialPruned("diverged") from None
@@ -375,8 +383,10 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
         best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
         value = float(best["metrics"][metric])
         trial.set_user_attr("epochs", epochs[0])
-        log(f"trial {trial.number}: {metric} {value:.4f} after {epochs[0]} epoch(s) "
-            f"({time.perf_counter() - t0:.1f} s)  " + _shown(values))
+        seconds = _train_seconds(trial, run_dir)
+        log(f"trial {trial.number}: {metric} {value:.4f} after {epochs[0]} epoch(s), "
+            f"{seconds:.1f} s of training ({time.perf_counter() - t0:.1f} s in all)  "
+            + _shown(values))
         return value
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -387,7 +397,23 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
         _finish_stale(study, objective, heartbeat)
     result = TuneResult(study, directory)
     result.report, result.best = write_report(study, directory, url=shown_url(url), log=log)
+    best_run = Path(study.best_trial.user_attrs["run_dir"]) if result.best else None
+    if best_run is not None and best_run.is_dir() and not (best_run / "report.md").exists():
+        from .report import write_report as write_run_report  # the best trial's own report
+
+        write_run_report(best_run, eval_test=False, log=lambda *_: None)
     return result
+
+
+def _train_seconds(trial: Any, run_dir: Path) -> float:
+    """The trial's training time (its run.json: the loop only, evaluation and checkpoints
+    excluded), recorded with the trial: what a configuration costs."""
+    try:
+        seconds = float(json.loads((run_dir / "run.json").read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+    trial.set_user_attr("train_seconds", round(seconds, 3))
+    return seconds
 
 
 def _shown(values: dict[str, Any]) -> str:
@@ -495,8 +521,11 @@ def write_report(study: Any, directory: Path, *, url: str = "",
                     "study": study.study_name, "trial": best.number, "trials": counted,
                     "found": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "command": attrs.get("command", "")}))
-    lines += ["| trial | state | " + metric + " | epochs | seconds | " + " | ".join(names)
-              + " | run |", "|---" * (6 + len(names)) + "|"]
+    lines += ["Seconds: `training s` is the training loop alone (run.json); `trial s` all of "
+              "the trial (data, validation, checkpoints, its report). A pruned trial's "
+              f"{metric} is its last reported epoch's.", "",
+              "| trial | state | " + metric + " | epochs | training s | trial s | "
+              + " | ".join(names) + " | run |", "|---" * (7 + len(names)) + "|"]
     for t in trials:
         value = t.value if t.value is not None else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
@@ -505,7 +534,9 @@ def write_report(study: Any, directory: Path, *, url: str = "",
         epochs = t.user_attrs.get("epochs") or (max(t.intermediate_values)
                                                 if t.intermediate_values else "")
         params = _params(t)
+        train_s = t.user_attrs.get("train_seconds")
         cells = [str(t.number), state, "" if value is None else f"{value:.4f}", str(epochs),
+                 "" if train_s is None else f"{train_s:.1f}",
                  "" if seconds is None else f"{seconds:.1f}"]
         cells += [_cell(params.get(n)) for n in names]
         cells.append(f"`{t.user_attrs.get('host', '')}:{Path(t.user_attrs['run_dir']).name}`"

