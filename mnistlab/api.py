@@ -13,7 +13,6 @@ the CLI and one trained here are the same thing.
 
 from __future__ import annotations
 
-import os
 import socket
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from .config import TrainConfig, build_config
 from .errors import CheckpointError, ConfigError
-from .run import RUNNING, read_records, read_run_info, saved_config
+from .run import RUNNING, process_alive, read_records, read_run_info, saved_config
 
 __all__ = ["Run", "train", "load_run", "list_runs"]
 
@@ -107,11 +106,10 @@ class Run:
         """finished, running, stopped (its process is gone), failed, diverged, interrupted."""
         info = self.info
         status = info.get("status", "unknown")
-        if status == RUNNING and info.get("host") == socket.gethostname():
-            try:
-                os.kill(int(info.get("pid", 0)), 0)
-            except (OSError, ValueError):
-                return "stopped"
+        pid = info.get("pid")
+        if (status == RUNNING and info.get("host") == socket.gethostname()
+                and isinstance(pid, int) and not process_alive(pid)):
+            return "stopped"
         return status
 
     def checkpoint(self, which: str = "best", device: str = "cpu"):

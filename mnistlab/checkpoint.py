@@ -16,6 +16,7 @@ the engine's job (``engines.get_engine(meta["engine"])``); the metadata is valid
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -42,13 +43,36 @@ __all__ = ["CheckpointError", "Checkpoint", "load_checkpoint", "save_checkpoint"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync it, rename it over ``path``, fsync the folder (so
+    the rename survives a power cut). On any failure (a full disk, a read-only folder) the
+    temporary file is removed and ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -167,22 +191,37 @@ def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
     meta.setdefault("engine", "torch")
     engine = get_engine(meta["engine"])
     weights, suffix = engine.weights_bytes(model), engine.weights_suffix
-    written = [_write_blob(path, weights, suffix)]
-    meta["weights"] = {"file": written[0], "sha256": _sha256(weights)}
-    if train_state is not None:
-        from safetensors.numpy import save
-
-        arrays: dict = {}
-        meta["train_state"] = _flatten(train_state, "s", arrays)
-        blob = save(arrays)
-        written.append(_write_blob(path, blob, ".state.safetensors"))
-        meta["train_state_file"] = {"file": written[1], "sha256": _sha256(blob)}
     json_path = path.with_name(path.name + ".json")
-    atomic_write_json(json_path, meta)
-    for stale in path.parent.glob(f"{path.name}.*"):  # files of the checkpoint this replaced
-        if stale.name not in written and stale != json_path and ".tmp" not in stale.name:
-            stale.unlink(missing_ok=True)
+    written: list[str] = []
+    try:
+        written.append(_write_blob(path, weights, suffix))
+        meta["weights"] = {"file": written[0], "sha256": _sha256(weights)}
+        if train_state is not None:
+            from safetensors.numpy import save
+
+            arrays: dict = {}
+            meta["train_state"] = _flatten(train_state, "s", arrays)
+            blob = save(arrays)
+            written.append(_write_blob(path, blob, ".state.safetensors"))
+            meta["train_state_file"] = {"file": written[1], "sha256": _sha256(blob)}
+        atomic_write_json(json_path, meta)  # the commit point
+    except BaseException:
+        _remove_unreferenced(path, json_path)  # e.g. a full disk: no orphaned weights
+        raise
+    _remove_unreferenced(path, json_path)  # the files of the checkpoint this replaced
     return json_path
+
+
+def _remove_unreferenced(path: Path, json_path: Path) -> None:
+    """Delete ``path``'s weight files that its JSON (if any) does not name."""
+    keep: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        meta = json.loads(json_path.read_text())
+        keep = {meta[k]["file"] for k in ("weights", "train_state_file") if k in meta}
+    for f in path.parent.glob(f"{path.name}.*"):
+        if f.name not in keep and f != json_path and not f.name.startswith("."):
+            with contextlib.suppress(OSError):
+                f.unlink()
 
 
 def _write_blob(path: Path, data: bytes, suffix: str) -> str:
@@ -273,6 +312,8 @@ def validate_meta(meta: dict[str, Any]) -> str | None:
     norm = meta["normalization"]
     if not (_finite(norm.get("mean")) and _finite(norm.get("std")) and norm["std"] > 0):
         return f"'normalization' needs a finite mean and a std > 0, got {norm!r:.60}"
+    if "train_state" in meta and "train_state_file" not in meta:
+        return "'train_state' needs its 'train_state_file'"
     for key in ("weights", "train_state_file"):
         if key in meta:
             problem = _file_entry(meta[key])
@@ -352,6 +393,10 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
         raise CheckpointError(f"{json_path}: weights do not fit model {meta['model']!r} with "
                               f"{meta['model_args']}: {' '.join(lines[:3])}") from None
     engine.to_device(model, device)
+    outputs = engine.logits(model, np.zeros((1, 1, 28, 28), np.float32)).shape[1]
+    if outputs != len(meta["classes"]):
+        raise CheckpointError(f"{json_path}: the model has {outputs} outputs but the metadata "
+                              f"names {len(meta['classes'])} classes")
     if with_train_state and "train_state" in meta:
         from safetensors import SafetensorError
         from safetensors.numpy import load

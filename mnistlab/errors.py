@@ -25,6 +25,17 @@ class CheckpointError(MnistlabError, ValueError):
     """A checkpoint is missing, damaged, foreign or does not match its model."""
 
 
+class StorageError(MnistlabError, OSError):
+    """A file could not be written (a full disk, a read-only or vanished folder); what was
+    written before is kept, and the message says where and what to do."""
+
+
+def storage_error(e: OSError, what: str, hint: str) -> StorageError:
+    """A one-line StorageError for an OSError met while doing ``what``."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    return StorageError(f"{what}: {e.strerror or e}{where}; {hint}")
+
+
 class TrainingDiverged(MnistlabError, RuntimeError):
     """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
 

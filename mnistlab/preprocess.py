@@ -23,13 +23,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import MnistlabError
-from .limits import MAX_PIXELS
+from .limits import MAX_FILE_BYTES, MAX_PIXELS
 
 # Formats Pillow may decode here (anything else is refused before decoding).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
@@ -73,6 +74,25 @@ def _prefix(src: ImageSource) -> str:
     return f"{src}: " if isinstance(src, (str, os.PathLike)) else ""
 
 
+def _read_image_file(path: Path, name: str) -> bytes:
+    """The bytes of a regular image file of at most MAX_FILE_BYTES: a device (/dev/zero), a
+    named pipe (which would block) or a huge file is refused before anything is read."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImageError(f"{name}not a regular file (a device, pipe or folder)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageTooLargeError(f"{name}file of {st.st_size:,} bytes, more than the allowed "
+                                 f"{MAX_FILE_BYTES:,}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+
+
 def open_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode the first frame of ``src`` (bytes, a path or a PIL image), EXIF-rotated.
 
@@ -84,10 +104,7 @@ def open_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image
         img = src
     else:
         if isinstance(src, (str, os.PathLike)):
-            try:
-                data = Path(src).read_bytes()
-            except OSError as e:
-                raise UnreadableImageError(f"{name}cannot read file ({e.strerror})") from None
+            data = _read_image_file(Path(src), name)
         else:
             data = bytes(src)
         if not data:

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_json, base_meta, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    base_meta,
+    save_checkpoint,
+)
 from .config import TrainConfig, from_dict
 from .errors import ConfigError, TrainingDiverged
 
@@ -44,8 +49,8 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{dataset.replace(':', '_')}-{stamp}"
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.json"))
+def has_checkpoint(run_dir: Path, which: str = "*") -> bool:
+    return any((run_dir / "checkpoints").glob(f"{which}.json"))
 
 
 def hardware() -> dict[str, Any]:
@@ -61,6 +66,28 @@ def hardware() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(terse=True),
             "python": platform.python_version()}
+
+
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Delete the temporary files (``.NAME.tmp<pid>``) a killed process left in a run
+    directory, if that process is gone; returns how many were removed."""
+    removed = 0
+    for p in run_dir.rglob(".*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------ metrics log
@@ -115,9 +142,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 def atomic_write_json_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 # ------------------------------------------------------------------------------ policy
@@ -201,6 +226,7 @@ class RunDir:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.path)
             if not resumed:  # a new run, or one that died before its first checkpoint
                 atomic_write_json(self.path / "config.json", self.cfg.to_dict())
                 (self.path / "metrics.jsonl").unlink(missing_ok=True)
@@ -385,11 +411,3 @@ def saved_config(run_dir: str | Path) -> TrainConfig:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"resume: cannot read {path} ({e})") from None
     return from_dict(values)
-
-
-def last_state(run_dir: Path, device: str) -> tuple[Any, dict[str, Any]]:
-    """(model, training state) of a run's ``last`` checkpoint."""
-    ck = load_checkpoint(run_dir, which="last", device=device, with_train_state=True)
-    if "train_state" not in ck.meta:
-        raise ConfigError(f"resume: {ck.path} holds no training state")
-    return ck.model, ck.meta["train_state"]

@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoint import load_checkpoint
 from .config import RESUMABLE, TrainConfig, from_dict
 from .engines import engine_for_model
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, storage_error
 from .run import EarlyStopping, RunDir, has_checkpoint, read_run_info, saved_config
 
 __all__ = ["train", "Hooks", "load_splits", "resume_config", "TrainingDiverged"]
@@ -102,9 +102,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         if hooks.model is not None or info.get("parent") or info.get("finetune"):
             raise ConfigError("resume: a derived run (fine-tuned, pruned, distilled) cannot be "
                               "resumed: its preparation is not replayed; start it again")
-        if not has_checkpoint(Path(resume)):
-            log(f"{resume} has no checkpoint yet (it stopped during its first epoch): "
-                "starting it over")
+        if not has_checkpoint(Path(resume), "last"):
+            log(f"{resume} has no checkpoint to continue from (it stopped during its first "
+                "epoch): starting it over")
 
     # --- data and model, checked before anything is written
     train_ds, val_ds = load_splits(cfg)
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     # checkpoints) finds its data again from any working directory
     cfg = cfg.replace(dataset=train_ds.name)
     state = None
-    if resume is not None and has_checkpoint(Path(resume)):
+    if resume is not None and has_checkpoint(Path(resume), "last"):
         ck = load_checkpoint(resume, which="last", device="cpu", with_train_state=True)
         if "train_state" not in ck.meta:
             raise ConfigError(f"resume: {ck.path} holds no training state")
@@ -149,6 +149,11 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
                 run.info["parameters"] = result.get("parameters")
                 run.info["hardware"].update(result.get("hardware", {}))
         run.finish()
+    except OSError as e:  # a full disk, a read-only or vanished folder
+        run.fail(e)
+        raise storage_error(e, f"cannot write the run {run.path}",
+                            "free some space or choose another --runs-dir, then continue "
+                            f"with `mnistlab train --resume {run.path}`") from e
     except BaseException as e:
         run.fail(e)
         raise
@@ -156,7 +161,13 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         return run.path
     from .report import write_report
 
-    write_report(run.path, eval_test=cfg.eval_test, log=log, train_seconds=run.train_seconds)
+    try:
+        write_report(run.path, eval_test=cfg.eval_test, log=log,
+                     train_seconds=run.train_seconds)
+    except OSError as e:
+        raise storage_error(e, f"the run finished (checkpoints in {run.path / 'checkpoints'}) "
+                            "but its report could not be written",
+                            f"free some space, then `mnistlab report {run.path}`") from e
     return run.path
 
 

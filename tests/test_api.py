@@ -135,6 +135,7 @@ def test_print_config_and_reproducing_a_run(run, capsys, tmp_path) -> None:
     assert [h["val_acc"] for h in again.history] == [h["val_acc"] for h in run.history]
 
 
+@pytest.mark.slow
 def test_resume_keeps_cumulative_time_and_refuses_redefinitions(tmp_path, capsys) -> None:
     r = ml.train(runs_dir=str(tmp_path), name="r", log=quiet, **TINY)
     first = r.info["train_seconds"]

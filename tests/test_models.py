@@ -41,7 +41,7 @@ def test_model_sweep(name: str) -> None:
 def test_unknown_model_and_bad_args() -> None:
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         create_model("nope")
-    with pytest.raises(ValueError, match="bad arguments for model 'mlp'"):
+    with pytest.raises(ValueError, match="model 'mlp' takes no argument 'widths'; it takes"):
         create_model("mlp", widths=3)
 
 

@@ -4,6 +4,7 @@ divergence guard, and exact resume after SIGKILL."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -244,10 +245,29 @@ def test_hooks_replace_the_loss_and_see_every_step_and_epoch(tmp_path: Path) -> 
 
 
 def test_divergence_guard_keeps_last_good_checkpoint(tmp_path: Path) -> None:
-    cfg = TrainConfig(**TINY, epochs=3, optimizer="sgd", lr=1e6, momentum=0.0,
-                      runs_dir=str(tmp_path), name="nan", log_every=1)
-    with pytest.raises(train_mod.TrainingDiverged, match="training loss is .* stopped"):
-        train_mod.train(cfg, log=quiet)
+    """Weights poisoned with NaN in epoch 2: the run stops at the next logged step, says
+    so, and epoch 1's checkpoints stay whole, finite and loadable; the run can go on."""
+    per_epoch = -(-3600 // 128)
+
+    def poison(step, model):
+        if step == per_epoch + 3:
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+
+    cfg = TrainConfig(**TINY, epochs=3, runs_dir=str(tmp_path), name="nan", log_every=1)
+    with pytest.raises(train_mod.TrainingDiverged, match="training loss is nan at epoch 2"):
+        train_mod.train(cfg, hooks=train_mod.Hooks(after_step=poison), log=quiet)
+    run = tmp_path / "nan"
+    assert json.loads((run / "run.json").read_text())["status"] == "diverged"
+    for which in ("best", "last"):
+        ck = load_checkpoint(run, which=which)
+        assert ck.meta["epoch"] == 1
+        assert all(torch.isfinite(p).all() for p in ck.model.parameters())
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1]
+    assert all(math.isfinite(r.get("loss", r.get("train_loss"))) for r in records)  # no NaN
+    resumed = train_mod.train(train_mod.resume_config(run), resume=run, log=quiet)
+    assert load_checkpoint(resumed, which="last").meta["epoch"] == 3
 
 
 # ----------------------------------------------------------------------------- resume
@@ -257,6 +277,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mnistlab", "train", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     """Deterministic mode: a run killed with SIGKILL mid-training and resumed ends with
     bit-identical weights to a run that was never interrupted (dropout, augmentation and
