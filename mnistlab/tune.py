@@ -428,7 +428,9 @@ def _counted(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {Retry.retried_trial_number(t) for t in trials}
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore")
+        retried = {Retry.retried_trial_number(t) for t in trials}
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and t.number not in retried)]
 

@@ -172,9 +172,10 @@ def _check_study(study, folder: Path, trials: int, killed: Path) -> None:
     assert on_disk == sorted(Path(d).name for d in dirs)
     dead = next(t for t in all_trials if Path(t.user_attrs["run_dir"]) == killed)
     assert dead.state == T.FAIL
-    retries = [t for t in all_trials
-               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
-               == dead.number]
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        retried = [optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+                   for t in all_trials]
+    retries = [t for t, r in zip(all_trials, retried) if r == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params
     assert retries[0].state in (T.COMPLETE, T.PRUNED)
     counted = [t for t in all_trials if t.state in (T.COMPLETE, T.PRUNED)]
@@ -257,3 +258,36 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(tmp_path: Path
         _check_study(study, tmp_path / name, 6, killed)
     finally:
         optuna.delete_study(study_name=name, storage=tune.open_storage(url))
+
+
+def test_report_and_best_recipe_from_a_study(tmp_path: Path) -> None:
+    """The report of a study (here made of recorded trials, no training): the table, the
+    best trial, and best.toml, a recipe with eval_test back on and a [result] saying how
+    it was found; a study with no completed trial gets a report but no best.toml."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize", study_name="demo")
+    study.set_user_attr("definition", {"metric": "val_acc", "space": [
+        {"name": "lr", "low": 1e-3, "high": 1e-1, "log": True, "step": None, "choices": None}]})
+    study.set_user_attr("command", "mnistlab tune quick --space s.toml")
+    assert tune.write_report(study, tmp_path)[1] is None  # nothing completed yet
+    base = {k: v for k, v in TrainConfig(dataset="mnist-5k", model="fast-cnn").to_dict().items()
+            if k not in tune.MACHINE_FIELDS}
+    dist = {"lr": FloatDistribution(1e-3, 1e-1, log=True)}
+    for i, (lr, value, state) in enumerate([(0.01, 0.97, TrialState.COMPLETE),
+                                            (0.05, 0.99, TrialState.COMPLETE),
+                                            (0.002, None, TrialState.PRUNED)]):
+        study.add_trial(create_trial(
+            params={"lr": lr}, distributions=dist, value=value, state=state,
+            intermediate_values={1: 0.5} if value is None else {1: value},
+            user_attrs={"config": {**base, "lr": lr, "eval_test": False}, "train_seconds": 1.5,
+                        "run_dir": str(tmp_path / f"trial-{i:04d}"), "host": "h"}))
+    report, best = tune.write_report(study, tmp_path)
+    text = report.read_text()
+    assert "Best: trial 1, val_acc 0.9900, lr=0.05" in text and "| 2 | pruned | 0.5000 |" in text
+    recipe = build_config(str(best))
+    assert recipe.lr == 0.05 and recipe.eval_test and recipe.name == ""
+    result = tomllib.loads(best.read_text())["result"]
+    assert result["val_acc"] == 0.99 and result["trial"] == 1 and result["study"] == "demo"
+    assert (tmp_path / "plots" / "history.png").is_file()
