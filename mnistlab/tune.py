@@ -358,7 +358,7 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
         def on_epoch_end(epoch: int, rec: dict) -> None:
             epochs[0] = epoch + 1
             trial.report(rec[metric], step=epoch + 1)
-            if trial.should_prune():
+            if epoch + 1 < cfg.epochs and trial.should_prune():  # the last epoch: it is done
                 raise _Pruned(f"pruned after epoch {epoch + 1}: {metric} {rec[metric]:.4f}")
 
         quiet = train_log or (lambda *_: None)
@@ -417,8 +417,7 @@ def _train_seconds(trial: Any, run_dir: Path) -> float:
 
 
 def _shown(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}"
-                    for k, v in values.items())
+    return " ".join(f"{k}={_cell(v)}" for k, v in values.items())
 
 
 def _counted(study: Any) -> list[Any]:
@@ -562,7 +561,9 @@ def _params(trial: Any) -> dict[str, Any]:
 def _cell(v: Any) -> str:
     if v is None:
         return ""
-    return f"{v:.4g}" if isinstance(v, float) else json.dumps(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def _space_line(study: Any) -> str:

@@ -212,6 +212,11 @@ def test_sqlite_study_survives_a_sigkilled_worker(tmp_path: Path) -> None:
     assert again.wait(timeout=600) == 0, (tmp_path / "worker2.log").read_text()
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s/study.db")
     _check_study(study, tmp_path / "s", 4, killed)
+    # --timeout: no new trial starts once it has passed (the one running finishes)
+    before = len(study.get_trials())
+    more = [*cmd[:cmd.index("--trials")], "--trials", "100", "--timeout", "1"]
+    assert _start(more, tmp_path / "worker3.log").wait(timeout=600) == 0
+    assert len(study.get_trials()) == before + 1
 
 
 def _postgres_url() -> str:
