@@ -298,3 +298,21 @@ def test_report_and_best_recipe_from_a_study(tmp_path: Path) -> None:
     result = tomllib.loads(best.read_text())["result"]
     assert result["val_acc"] == 0.99 and result["trial"] == 1 and result["study"] == "demo"
     assert (tmp_path / "plots" / "history.png").is_file()
+
+
+def test_a_pruned_trial_is_a_run_that_says_so(tmp_path: Path) -> None:
+    """The epoch hook stops the run; run.json says "pruned" (not failed), the checkpoints of
+    the epochs it trained stay."""
+    from mnistlab import training
+
+    def prune(epoch: int, rec: dict) -> None:
+        raise tune._Pruned(f"pruned after epoch {epoch + 1}")
+
+    cfg = TrainConfig(dataset="mnist-5k", labels_per_class=10, val_size=100, model="fast-cnn",
+                      model_args={"widths": [8, 16], "dense": 16}, epochs=3, batch_size=50,
+                      threads=1, progress=False, runs_dir=str(tmp_path), name="t")
+    with pytest.raises(tune._Pruned):
+        training.train(cfg, hooks=training.Hooks(on_epoch_end=prune), log=lambda *_: None)
+    info = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert info["status"] == "pruned" and info["error"] == "pruned after epoch 1"
+    assert json.loads((tmp_path / "t" / "checkpoints" / "best.json").read_text())["epoch"] == 1
