@@ -544,7 +544,7 @@ def write_report(study: Any, directory: Path, *, url: str = "",
                      if "run_dir" in t.user_attrs else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""]
-    for name, title, ok in _plots(study, directory / "plots"):
+    for name, title, ok in _plots(study, directory / "plots", metric):
         lines.append(f"![{title}](plots/{name})" if ok else f"- {title}: {name}")
     report = directory / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -572,7 +572,7 @@ def _space_line(study: Any) -> str:
                      for p in space)
 
 
-def _plots(study: Any, folder: Path) -> list[tuple[str, str, bool]]:
+def _plots(study: Any, folder: Path, metric: str) -> list[tuple[str, str, bool]]:
     """Optimization history and parameter importances (Optuna's matplotlib plots); a plot
     that cannot be drawn yet (too few trials) is named with the reason."""
     import matplotlib
@@ -591,6 +591,8 @@ def _plots(study: Any, folder: Path) -> list[tuple[str, str, bool]]:
                 warnings.simplefilter("ignore")
                 ax = draw(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            if name == "history.png":
+                ax.set_ylabel(f"{metric} (validation)")
             fig.set_size_inches(7, 4.2)
             fig.savefig(folder / name, dpi=100, bbox_inches="tight")
             plt.close(fig)
