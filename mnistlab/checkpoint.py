@@ -2,8 +2,8 @@
 
 A checkpoint ``NAME`` is ``NAME.json`` (metadata: model name and arguments, classes,
 normalization, dataset, split, seed, metrics, versions) next to ``NAME.<sha12>.safetensors``
-(torch weights) or ``NAME.<sha12>.npz`` (NumPy engine weights, read with
-``allow_pickle=False``). Training state for ``--resume`` (optimizer, schedule, RNG, early
+(torch weights), ``NAME.<sha12>.mnc`` (pruned and quantized weights in the compact format of
+compact.py) or ``NAME.<sha12>.npz`` (NumPy engine weights, read with ``allow_pickle=False``). Training state for ``--resume`` (optimizer, schedule, RNG, early
 stopping) goes to ``NAME.<sha12>.state.safetensors``, its non-tensor parts in the JSON.
 Every file is written to a temporary name and renamed; the JSON, renamed last, names the
 weight files and records their SHA-256, so a crash leaves the old or the new checkpoint
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import compact as compact_mod
 from .engines import get_engine
 from .errors import CheckpointError, ConfigError
 
@@ -178,8 +179,15 @@ def _sha256(data: bytes) -> str:
 
 
 def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
-                    train_state: dict[str, Any] | None = None) -> Path:
+                    train_state: dict[str, Any] | None = None,
+                    compact: dict[str, Any] | None = None) -> Path:
     """Write ``path``.json plus weights; ``model`` is a torch module or a NumPy-engine model.
+
+    ``compact``: write the weights in the compact format of pruned and quantized models
+    (compact.py, ``.mnc``) instead of the engine's own; its entries (state-dict name ->
+    ``compact.QTensor``) are stored as integer codes and scales, every other tensor as dense
+    or bit-masked values. The model's own tensors for those names must be the QTensors'
+    ``dequantize()``: that is what loads back.
 
     Weight files are named after their content (``best.<sha12>.safetensors``) and the JSON,
     renamed into place last, is the commit point: a process killed at any moment leaves
@@ -191,6 +199,8 @@ def save_checkpoint(path: str | Path, model: Any, meta: dict[str, Any], *,
     meta.setdefault("engine", "torch")
     engine = get_engine(meta["engine"])
     weights, suffix = engine.weights_bytes(model), engine.weights_suffix
+    if compact is not None:
+        weights, suffix = _compact_bytes(engine, weights, compact), compact_mod.SUFFIX
     json_path = path.with_name(path.name + ".json")
     written: list[str] = []
     try:
@@ -224,6 +234,30 @@ def _remove_unreferenced(path: Path, json_path: Path) -> None:
                 f.unlink()
 
 
+def _compact_bytes(engine: Any, weights: bytes, qtensors: dict[str, Any]) -> bytes:
+    """The engine's safetensors weights re-encoded in the compact format, with ``qtensors``
+    (integer codes and scales) in place of their float tensors."""
+    from safetensors.numpy import load
+
+    if engine.weights_suffix != ".safetensors":
+        raise CheckpointError(f"compact weights: the {engine.name} engine's weights cannot be "
+                              "stored compactly")
+    return compact_mod.encode({**load(weights), **qtensors})
+
+
+def _from_compact(file: Path, engine: Any, blob: bytes) -> bytes:
+    """Compact weights decoded (checked, dequantized) into the engine's safetensors bytes."""
+    from safetensors.numpy import save
+
+    if engine.weights_suffix != ".safetensors":
+        raise CheckpointError(f"{file}: compact weights for the {engine.name} engine")
+    try:
+        arrays = compact_mod.dense(compact_mod.decode(blob))
+    except compact_mod.CompactError as e:
+        raise CheckpointError(f"{file}: {e}") from None
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
 def _write_blob(path: Path, data: bytes, suffix: str) -> str:
     name = f"{path.name}.{_sha256(data)[:12]}{suffix}"
     atomic_write_bytes(path.with_name(name), data)
@@ -242,7 +276,7 @@ def resolve(path: str | Path, which: str = "best") -> Path:
                 return candidate
         raise CheckpointError(f"{p}: no {which!r} checkpoint found (looked for "
                               f"checkpoints/{which}.json); is this a mnistlab run directory?")
-    for suffix in (".state.safetensors", ".safetensors", ".npz", ".json"):
+    for suffix in (".state.safetensors", ".safetensors", compact_mod.SUFFIX, ".npz", ".json"):
         if p.name.endswith(suffix):
             p = p.with_name(p.name[: -len(suffix)])
             break
@@ -382,6 +416,8 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu
     except ConfigError as e:
         raise CheckpointError(f"{json_path}: {e}") from None
     weights = _read_checked(json_path, meta["weights"])  # before anything is built
+    if meta["weights"]["file"].endswith(compact_mod.SUFFIX):  # pruned / quantized weights
+        weights = _from_compact(json_path.with_name(meta["weights"]["file"]), engine, weights)
     try:
         model = engine.from_meta(meta)
     except (ConfigError, ValueError, TypeError, RuntimeError) as e:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .errors import CheckpointError
 from .limits import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from .preprocess import (
     EXTENSIONS,
@@ -24,6 +25,7 @@ from .preprocess import (
     preprocess_image,
 )
 
+RUNTIMES = ("torch", "onnx")  # onnx: an exported model run by ONNX Runtime (mnistlab[onnx])
 
 @dataclass(frozen=True)
 class Prediction:
@@ -61,11 +63,21 @@ class Predictor:
 
     def __init__(self, checkpoint: Checkpoint | str | Path, *,
                  threshold: float = DEFAULT_THRESHOLD, top_k: int = DEFAULT_TOP_K,
-                 max_pixels: int = MAX_PIXELS, device: str = "cpu"):
-        """``checkpoint``: a loaded ``Checkpoint``, a run directory or a checkpoint path."""
+                 max_pixels: int = MAX_PIXELS, device: str = "cpu", runtime: str = "torch",
+                 threads: int | None = None):
+        """``checkpoint``: a loaded ``Checkpoint``, a run directory or a checkpoint path.
+        ``runtime="onnx"``: run the ONNX export of the run (or a .onnx file) with ONNX
+        Runtime, using ``threads`` intra-op threads (None: its default)."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in 0..1, got {threshold}")
-        if not isinstance(checkpoint, Checkpoint):
+        if runtime not in RUNTIMES:
+            raise CheckpointError(f"runtime: must be one of {', '.join(RUNTIMES)}, "
+                                  f"got {runtime!r}")
+        if not isinstance(checkpoint, Checkpoint) and runtime == "onnx":
+            from .export import load_onnx
+
+            checkpoint = load_onnx(checkpoint, threads=threads)
+        elif not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, device=device)
         self.checkpoint = checkpoint
         self.classes = checkpoint.classes

@@ -259,6 +259,9 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
                   config.rstrip(), "```", ""]
     lines += ["Model selection and early stopping used the validation split only; the test "
               "split was evaluated once, here.", ""]
+    # sections other steps wrote about this run (e.g. compression), kept across rewrites
+    for extra in sorted((run_dir / "report.d").glob("*.md")):
+        lines += [extra.read_text().rstrip(), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     log(f"report: {path}")
@@ -286,6 +289,8 @@ def _hardware(hw: dict[str, Any]) -> str:
 
 def _derivation(meta: dict[str, Any]) -> str:
     ft = meta.get("finetune") or {}
+    if meta.get("compression"):
+        return f"compressed: {meta['compression'].get('description')}"
     return f"fine-tuned, mode {ft['mode']}" if "mode" in ft else "derived"
 
 

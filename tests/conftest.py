@@ -63,3 +63,38 @@ def tiny(monkeypatch: pytest.MonkeyPatch):
 # ==============================================================================================
 # end of data section
 # ==============================================================================================
+
+
+# ==============================================================================================
+# compress / export (tests/test_compress.py, test_export.py): small runs on mnist-5k
+# ==============================================================================================
+
+def _train_5k(runs: Path, name: str, model: str, model_args: dict, epochs: int, lr: float) -> Path:
+    from mnistlab.config import TrainConfig
+    from mnistlab.training import train
+
+    cfg = TrainConfig(dataset="mnist-5k", model=model, model_args=model_args, epochs=epochs,
+                      batch_size=128, lr=lr, schedule="onecycle", threads=1, progress=False,
+                      eval_test=False, runs_dir=str(runs), name=name)
+    return train(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def runs_5k(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Runs trained once per session on the offline mnist-5k (~10 s on one core together):
+    ``mlp`` (784-128-10), ``cnn`` (fast-cnn 8-16, dense 64) and ``numpy`` (numpy-mlp)."""
+    from mnistlab.config import TrainConfig
+    from mnistlab.training import train
+
+    runs = tmp_path_factory.mktemp("runs-5k")
+    out = {"mlp": _train_5k(runs, "mlp", "mlp", {"hidden": [128]}, 5, 2e-3),
+           "cnn": _train_5k(runs, "cnn", "fast-cnn", {"widths": [8, 16], "dense": 64}, 4, 1e-2)}
+    cfg = TrainConfig(dataset="mnist-5k", model="numpy-mlp", epochs=1, progress=False,
+                      eval_test=False, runs_dir=str(runs), name="numpy")
+    out["numpy"] = train(cfg, log=lambda *_: None)
+    return out
+
+
+# ==============================================================================================
+# end of compress / export section
+# ==============================================================================================

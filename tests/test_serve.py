@@ -47,7 +47,7 @@ DIGIT = png(digit_image())
 @pytest.fixture(scope="module")
 def client(trained_checkpoint: Path):
     app = create_app(trained_checkpoint, max_upload_bytes=200_000, max_pixels=4_000_000)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -171,22 +171,27 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(client: TestClie
 def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> None:
     app = create_app(trained_checkpoint)
     predictor = app.state.predictor
-    original = predictor.predict_one
+    original_preprocess, original_arrays = predictor.preprocess, predictor.predict_arrays
     seen_threads: list[str] = []
 
-    def slow_predict_one(*args, **kwargs):
+    def slow_preprocess(*args, **kwargs):
         seen_threads.append(threading.current_thread().name)
         time.sleep(1.5)
-        return original(*args, **kwargs)
+        return original_preprocess(*args, **kwargs)
 
-    predictor.predict_one = slow_predict_one  # instance attribute shadows the method
-    with TestClient(app) as c:
+    def predict_arrays(*args, **kwargs):
+        seen_threads.append(threading.current_thread().name)
+        return original_arrays(*args, **kwargs)
+
+    with TestClient(app, base_url="http://localhost") as c:
+        # instance attributes shadow the methods (after the start-up check has run)
+        predictor.preprocess, predictor.predict_arrays = slow_preprocess, predict_arrays
         results: dict[str, int] = {}
         t = threading.Thread(target=lambda: results.setdefault(
             "predict", c.post("/api/predict", content=DIGIT,
                               headers={"content-type": "image/png"}).status_code))
         t.start()
-        while not seen_threads:  # the slow prediction is running now
+        while not seen_threads:  # the slow preprocessing is running now
             time.sleep(0.01)
         t0 = time.perf_counter()
         assert c.get("/api/health").status_code == 200
@@ -194,7 +199,8 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
         t.join()
     assert results["predict"] == 200
     assert health_s < 1.0, f"health waited {health_s:.2f} s behind a running prediction"
-    assert seen_threads[0] != "MainThread"
+    assert seen_threads[0].startswith("mnistlab-preprocess")
+    assert seen_threads[1].startswith("mnistlab-inference")
 
 
 # ------------------------------------------------------------------------------ fuzz

@@ -17,12 +17,26 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import MnistlabError
-from . import data, ensemble, evaluate, finetune, models, predict, report, runs, serve, train, tune
+from . import (
+    compress,
+    data,
+    ensemble,
+    evaluate,
+    export,
+    finetune,
+    models,
+    predict,
+    report,
+    runs,
+    serve,
+    train,
+    tune,
+)
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, PREFIX, HelpFormatter, Parser
 
 # in the order `mnistlab --help` lists them
-COMMANDS = (train, tune, finetune, ensemble, evaluate, report, runs, predict, serve, models,
-            data)
+COMMANDS = (train, tune, finetune, compress, ensemble, evaluate, report, runs, export, predict,
+            serve, models, data)
 
 
 def build_parser() -> Parser:

@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="save the 28x28 image the model saw for each input, as PNG")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="flag predictions below this probability as unsure")
+    p.add_argument("--runtime", default="torch", metavar="torch|onnx",
+                   help="torch, or onnx: the run's ONNX export (mnistlab export RUN) or a .onnx "
+                        "file, run by ONNX Runtime (the onnx extra)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     save_dir = Path(args.save_input) if args.save_input else None
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         raise ConfigError(f"--save-input: {save_dir} exists and is not a folder")
-    predictor = Predictor.load(args.checkpoint, threshold=args.threshold, top_k=args.top_k)
+    predictor = Predictor.load(args.checkpoint, threshold=args.threshold, top_k=args.top_k,
+                               runtime=args.runtime)
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
     items = find_images(args.images)

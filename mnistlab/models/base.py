@@ -32,6 +32,12 @@ class Classifier(nn.Module):
         self.head.to(device)
         self.config = {**self.config, "num_classes": num_classes}
 
+    def with_widths(self, widths: list[int]) -> dict[str, Any]:
+        """Constructor arguments for the same network whose backbone Conv2d/Linear layers have
+        these output widths (in forward order): how a structurally pruned model is rebuilt
+        from its checkpoint. Models that cannot be narrowed this way do not override it."""
+        raise NotImplementedError(f"{self.registry_name} cannot be rebuilt with other widths")
+
     def blocks(self) -> list[nn.Module]:
         """The backbone's blocks in order, for partial fine-tuning (``partial:K``)."""
         return list(self.backbone.children())

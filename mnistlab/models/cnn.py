@@ -27,41 +27,53 @@ class SeedCNN(Classifier):
     Here the size is computed from the layers, so it cannot drift.
     """
 
-    def __init__(self, *, num_classes: int = 10, dropout: float = 0.5):
+    def __init__(self, *, num_classes: int = 10, dropout: float = 0.5,
+                 channels: tuple[int, int] | list[int] = (32, 64), dense: int = 1024):
+        # channels/dense: the tutorial's widths; smaller ones come from structured pruning
         super().__init__()
-        self.config = dict(num_classes=num_classes, dropout=dropout)
+        c1, c2 = channels
+        self.config = dict(num_classes=num_classes, dropout=dropout, channels=[c1, c2],
+                           dense=dense)
         convs = nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 32x14x14
-            nn.Sequential(nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 64x7x7
+            nn.Sequential(nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 32x14x14
+            nn.Sequential(nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 64x7x7
         )
         flat = _flat_dim(convs)  # 3136 = 7*7*64
         self.backbone = nn.Sequential(
             *convs,
-            nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), nn.ReLU(), nn.Dropout(dropout)),
+            nn.Sequential(nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(dropout)),
         )
-        self.feature_dim = 1024
+        self.feature_dim = dense
         self._init_head(num_classes)
+
+    def with_widths(self, widths: list[int]) -> dict:
+        return {**self.config, "channels": widths[:2], "dense": widths[2]}
 
 
 @register("lenet5")
 class LeNet5(Classifier):
     """LeNet-5 (LeCun et al., 1998) on 28x28 inputs padded to 32x32, with ReLU and max-pool."""
 
-    def __init__(self, *, num_classes: int = 10):
+    def __init__(self, *, num_classes: int = 10, channels: tuple[int, int] | list[int] = (6, 16),
+                 dense: tuple[int, int] | list[int] = (120, 84)):
         super().__init__()
-        self.config = dict(num_classes=num_classes)
+        (c1, c2), (d1, d2) = channels, dense
+        self.config = dict(num_classes=num_classes, channels=[c1, c2], dense=[d1, d2])
         convs = nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 6x14x14
-            nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),  # 16x5x5
+            nn.Sequential(nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),  # 6x14x14
+            nn.Sequential(nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2)),  # 16x5x5
         )
         flat = _flat_dim(convs)
         self.backbone = nn.Sequential(
             *convs,
-            nn.Sequential(nn.Flatten(), nn.Linear(flat, 120), nn.ReLU()),
-            nn.Sequential(nn.Linear(120, 84), nn.ReLU()),
+            nn.Sequential(nn.Flatten(), nn.Linear(flat, d1), nn.ReLU()),
+            nn.Sequential(nn.Linear(d1, d2), nn.ReLU()),
         )
-        self.feature_dim = 84
+        self.feature_dim = d2
         self._init_head(num_classes)
+
+    def with_widths(self, widths: list[int]) -> dict:
+        return {**self.config, "channels": widths[:2], "dense": widths[2:]}
 
 
 @register("pytorch-example")
@@ -71,20 +83,25 @@ class PyTorchExampleNet(Classifier):
     conv 3x3x32 -> conv 3x3x64 -> 2x2 max-pool -> dropout 0.25 -> dense 128 -> dropout 0.5.
     """
 
-    def __init__(self, *, num_classes: int = 10):
+    def __init__(self, *, num_classes: int = 10, channels: tuple[int, int] | list[int] = (32, 64),
+                 dense: int = 128):
         super().__init__()
-        self.config = dict(num_classes=num_classes)
+        c1, c2 = channels
+        self.config = dict(num_classes=num_classes, channels=[c1, c2], dense=dense)
         convs = nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU()),  # 32x26x26
-            nn.Sequential(nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25)),
+            nn.Sequential(nn.Conv2d(1, c1, 3), nn.ReLU()),  # 32x26x26
+            nn.Sequential(nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25)),
         )
         flat = _flat_dim(convs)  # 9216 = 64*12*12
         self.backbone = nn.Sequential(
             *convs,
-            nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.5)),
+            nn.Sequential(nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(0.5)),
         )
-        self.feature_dim = 128
+        self.feature_dim = dense
         self._init_head(num_classes)
+
+    def with_widths(self, widths: list[int]) -> dict:
+        return {**self.config, "channels": widths[:2], "dense": widths[2]}
 
 
 class _Stem(nn.Module):
@@ -109,11 +126,11 @@ class _Stem(nn.Module):
         r = self.fold
         if r == 1:
             return x.contiguous(memory_format=torch.channels_last)
-        b, c, h, w = x.shape
         # (B, C, H/r, W/r, r*r): sub-image (i, j) holds x[..., i::r, j::r]
         y = torch.stack([x[:, :, i::r, j::r] for i in range(r) for j in range(r)], dim=-1)
-        # channel c*r*r + i*r + j, as pixel_unshuffle numbers them; NHWC memory, NCHW shape
-        y = y.permute(0, 2, 3, 1, 4).reshape(b, h // r, w // r, c * r * r)
+        # channel c*r*r + i*r + j, as pixel_unshuffle numbers them; NHWC memory, NCHW shape.
+        # No size is read off x: a traced or exported graph keeps a dynamic batch size.
+        y = y.permute(0, 2, 3, 1, 4).flatten(3)  # (B, H/r, W/r, C*r*r)
         return y.permute(0, 3, 1, 2)
 
 
@@ -121,10 +138,13 @@ class _FlattenNHWC(nn.Module):
     """Flattens (B, C, H, W) in (H, W, C) order. On a channels-last map that order is the
     memory order, so this is a free view, and the gradient coming back has the same layout as
     the activations before it (flattening in NCHW order instead costs a copy each way, and
-    the mismatched layouts made the ReLU's backward ~4x slower)."""
+    the mismatched layouts made the ReLU's backward ~4x slower). ``flatten(1)``, not
+    ``reshape(len(x), -1)``: ``len`` would bake the batch size into a traced graph."""
+
+    flatten_order = "hwc"  # how channel c of the input maps to features (structured pruning)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1).reshape(len(x), -1)
+        return x.permute(0, 2, 3, 1).flatten(1)
 
 
 def _conv_pool_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -180,6 +200,11 @@ class FastCNN(Classifier):
         self.backbone = nn.Sequential(*blocks)
         self.feature_dim = dense or flat
         self._init_head(num_classes)
+
+    def with_widths(self, widths: list[int]) -> dict:
+        n = len(self.config["widths"])
+        dense = {"dense": widths[n]} if self.config["dense"] else {}
+        return {**self.config, "widths": widths[:n], **dense}
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0

@@ -36,3 +36,6 @@ class MLP(Classifier):
         self.backbone = nn.Sequential(*layers)
         self.feature_dim = width
         self._init_head(num_classes)
+
+    def with_widths(self, widths: list[int]) -> dict:
+        return {**self.config, "hidden": list(widths)}

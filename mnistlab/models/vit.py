@@ -31,10 +31,10 @@ class PatchEmbed(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, 1 + n, dim) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, p = x.shape[0], self.patch
+        p = self.patch
         patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, P*P)
         tokens = self.embed(patches)  # (B, N, D)
-        cls = self.cls_token.expand(b, -1, -1)  # (B, 1, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D); a traced size, not an int
         return torch.cat([cls, tokens], dim=1) + self.pos  # (B, 1 + N, D)
 
 
@@ -49,11 +49,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        # (B, T, 3D) -> 3 x (B, H, T, D/H)
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # (B, T, 3D) -> 3 x (B, H, T, D/H); no size is read off x, so a traced or exported
+        # graph keeps a dynamic batch size
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+        return self.proj(y.transpose(1, 2).flatten(2))  # (B, T, D)
 
 
 class MLP(nn.Module):

@@ -4,28 +4,36 @@
     POST /api/predict   an image: multipart field ``file``, JSON {"image": base64 or data URL},
                         or the raw bytes with an image/* content type
     GET  /api/health    liveness
-    GET  /api/model     the checkpoint's metadata (minus anything bulky) and the limits
-    GET  /docs, /openapi.json   FastAPI's generated API description
+    GET  /api/model     the checkpoint's metadata (no paths, no environment) and the limits
+    GET  /docs, /openapi.json   FastAPI's generated API description (``docs=False``: none)
 
 Every bad request is answered with a 4xx and ``{"error": CODE, "message": TEXT}``.
-Preprocessing and inference run in worker threads (bounded by ``workers``) so the event
-loop keeps serving; the body is read with a byte limit, and images are size-checked from
-their header before decoding (decompression bombs).
+
+How a prediction is served (the event loop only moves bytes and futures):
+
+    body read with a byte limit and a deadline (413, 408)
+    -> preprocessing thread pool: image bytes out of the body, decode, 28x28 (4xx errors)
+    -> micro-batcher (batching.py): images of concurrent requests, one forward pass on one
+       inference thread, padded so that a digit's answer never depends on its company
+    -> JSON
+
+Every request first passes the Host check and the bound on requests in progress (guards.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import binascii
-import functools
-import json
+import dataclasses
 import logging
-import os
-import threading
+import re
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -34,7 +42,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..predict import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Predictor
+from ..errors import ConfigError
+from ..predict import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Prediction, Predictor
 from ..preprocess import (
     MIME_TYPES,
     EmptyImageError,
@@ -42,19 +51,16 @@ from ..preprocess import (
     PreprocessError,
     to_png,
 )
-from . import MAX_PIXELS, MAX_UPLOAD_BYTES
+from .batching import PAD_MULTIPLES, MicroBatcher, batch_invariant, padded_size
+from .bodies import ApiError, accepted_media, extract_image
+from .guards import Guard
+from .options import ServeOptions
 
 STATIC = Path(__file__).parent / "static"
 BASE64_SLACK = 64 * 1024  # JSON/multipart framing on top of the (base64-grown) image
 BULKY_LIST = 64  # metadata lists longer than this are summarized in /api/model
 
 log = logging.getLogger("mnistlab.serve")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 # ------------------------------------------------------------------------------ schema
@@ -88,10 +94,12 @@ class HealthOut(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text} for code, text in {
-        400: "malformed body, undecodable image or bad base64",
+        400: "malformed body, undecodable image, bad base64, or a Host not served here",
+        408: "the request body did not arrive in time",
         413: "upload or image dimensions too large",
         415: "unsupported content type",
         422: "missing field, bad parameter, or a blank image",
+        503: "too many requests in progress; retry after the Retry-After seconds",
     }.items()
 }
 
@@ -113,150 +121,192 @@ _REQUEST_BODY = {
 
 # ------------------------------------------------------------------------------ helpers
 
+PRIVATE_KEYS = {"train_state", "train_state_file"}  # training state: not the client's business
+PATH_KEYS = {"path", "source", "data_dir"}  # where files were on the training machine
+ENVIRONMENT_KEYS = {"versions", "code_version"}  # library versions and the git commit
 
-def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint metadata without training state, with long lists summarized."""
 
-    def trim(v: Any) -> Any:
+def _no_path(s: str) -> str:
+    """A path-like string cut to its last part: '/home/me/digits:0-4' -> 'digits:0-4'."""
+    return re.split(r"[/\\]", s.rstrip("/\\"))[-1] if ("/" in s or "\\" in s) else s
+
+
+def public_meta(meta: dict[str, Any], *, expose_versions: bool = False) -> dict[str, Any]:
+    """Checkpoint metadata fit to show anyone: no training state, no paths of the training
+    machine (a folder dataset is named by its last part), no library versions or git commit
+    unless ``expose_versions``; long lists summarized."""
+    drop = PRIVATE_KEYS | PATH_KEYS | (set() if expose_versions else ENVIRONMENT_KEYS)
+
+    def clean(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: trim(x) for k, x in v.items()}
+            return {k: clean(x) for k, x in v.items() if k not in drop}
         if isinstance(v, list):
-            return f"<{len(v)} values>" if len(v) > BULKY_LIST else [trim(x) for x in v]
-        return v
+            return f"<{len(v)} values>" if len(v) > BULKY_LIST else [clean(x) for x in v]
+        return _no_path(v) if isinstance(v, str) else v
 
-    return {k: trim(v) for k, v in meta.items() if k not in ("train_state", "train_state_file")}
+    return clean(meta)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing it (413) as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with
+    408 when it has not all arrived ``timeout`` seconds after the headers."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large",
                        f"request body of {int(declared):,} bytes is over the {limit:,} limit")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "payload_too_large",
-                               f"request body is over the {limit:,} byte limit")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "payload_too_large",
+                                   f"request body is over the {limit:,} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within "
+                       f"{timeout:g} s ({size:,} bytes came)", {"connection": "close"}) from None
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away mid-upload") from None
     return b"".join(chunks)
 
 
-def _accepted_media(mime: str) -> bool:
-    return mime in MIME_TYPES or mime in ("", "application/octet-stream", "image/jpg")
+class Workers:
+    """The preprocessing thread pool, the inference thread and the micro-batcher: started
+    with the app (or on first use), closed at shutdown."""
 
+    def __init__(self, predictor: Predictor, opts: ServeOptions):
+        self.predictor, self.opts = predictor, opts
+        self.multiple = PAD_MULTIPLES[0]  # batches are padded to a multiple of this
+        self.batcher: MicroBatcher[np.ndarray, Prediction] | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.inference: ThreadPoolExecutor | None = None
 
-async def image_from_multipart(scope: dict, body: bytes) -> bytes:
-    async def replay() -> dict:  # the body was already read (with a limit); parse it again
-        return {"type": "http.request", "body": body, "more_body": False}
+    def _init_inference_thread(self) -> None:
+        # One image or a small batch gains nothing from intra-op threads and loses much to
+        # their wake-ups under load; set for this thread (OpenMP's setting is per thread),
+        # so an embedding process's own torch threads are left alone.
+        if self.opts.torch_threads and self.predictor.checkpoint.engine == "torch":
+            import torch
 
-    try:
-        form = await Request(scope, replay).form(max_files=4, max_fields=16)
-    except Exception as e:  # any parser failure on untrusted bytes is a malformed body
-        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
-        raise ApiError(400, "bad_multipart", f"malformed multipart body: {detail}") from None
-    try:
-        upload = form.get("file")
-        if upload is None:
-            got = ", ".join(repr(k) for k in form.keys()) or "none"
-            raise ApiError(422, "missing_field",
-                           f"expected the image in a multipart field named 'file'; got: {got}")
-        if isinstance(upload, str):
-            raise ApiError(422, "missing_field", "field 'file' must be a file upload, not text")
-        mime = (upload.content_type or "").split(";")[0].strip().lower()
-        if not _accepted_media(mime):
-            raise ApiError(415, "unsupported_media_type",
-                           f"file type {mime!r} is not accepted; send {', '.join(MIME_TYPES)}")
-        return await upload.read()
-    finally:
-        await form.close()
+            torch.set_num_threads(self.opts.torch_threads)
 
+    def classify(self, images: list[np.ndarray]) -> list[Prediction]:
+        """(28, 28) images -> predictions with every class in top_k (inference thread)."""
+        n = len(images)
+        x = np.zeros((padded_size(n, self.opts.max_batch, self.multiple), 28, 28), np.float32)
+        x[:n] = images  # blank padding rows: see batching.py
+        return self.predictor.predict_arrays(x, top_k=len(self.predictor.classes))[:n]
 
-def image_from_json(body: bytes) -> bytes:
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON ({e})") from None
-    if not isinstance(obj, dict) or "image" not in obj:
-        raise ApiError(422, "missing_field",
-                       'expected a JSON object {"image": "<base64 image or data URL>"}')
-    text = obj["image"]
-    if not isinstance(text, str):
-        raise ApiError(422, "missing_field", "'image' must be a string (base64 or a data URL)")
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        mime = header[5:].split(";")[0].strip().lower()
-        if not sep or not header.endswith(";base64"):
-            raise ApiError(400, "invalid_base64", "a data URL must be 'data:<type>;base64,...'")
-        if not _accepted_media(mime):
-            raise ApiError(415, "unsupported_media_type",
-                           f"data URL type {mime!r} is not accepted; send {', '.join(MIME_TYPES)}")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", "'image' is not valid base64") from None
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        return np.stack([p.probabilities for p in self.predictor.predict_arrays(x)])
+
+    def start(self) -> None:
+        if self.batcher is not None:
+            return
+        self.pool = ThreadPoolExecutor(self.opts.preprocess_threads, "mnistlab-preprocess")
+        self.inference = ThreadPoolExecutor(1, "mnistlab-inference",
+                                            initializer=self._init_inference_thread)
+        # Checked on the inference thread itself: kernels may depend on its thread count.
+        for multiple in PAD_MULTIPLES:
+            if self.inference.submit(batch_invariant, self._probabilities,
+                                     self.opts.max_batch, multiple).result():
+                self.multiple = multiple
+                break
+        else:
+            self.multiple = self.opts.max_batch
+            log.warning("this model's results depend on the batch size; every batch is "
+                        "padded to --max-batch %d rows", self.opts.max_batch)
+        self.batcher = MicroBatcher(self.classify, executor=self.inference,
+                                    max_batch=self.opts.max_batch,
+                                    window_s=self.opts.batch_window_ms / 1000)
+
+    def close(self) -> None:
+        if self.batcher is not None and self.batcher.batches:
+            b = self.batcher
+            log.info("classified %d images in %d batches (mean %.1f, largest %d)",
+                     b.items, b.batches, b.mean_batch, b.largest)
+        for ex in (self.pool, self.inference):
+            if ex is not None:
+                ex.shutdown(wait=False, cancel_futures=True)
+        self.batcher = self.pool = self.inference = None
 
 
 # ------------------------------------------------------------------------------ the app
 
 
 def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
-               top_k: int = DEFAULT_TOP_K, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS, workers: int | None = None,
-               torch_threads: int | None = 1, device: str = "cpu") -> FastAPI:
+               top_k: int = DEFAULT_TOP_K, device: str = "cpu",
+               options: ServeOptions | None = None, runtime: str = "torch",
+               **settings: Any) -> FastAPI:
     """The app for one checkpoint (a run directory or a checkpoint path).
 
-    ``workers`` bounds concurrent preprocessing + inference threads (default: CPU count, at
-    most 4), which also bounds the memory that big uploads can take at once.
-    ``torch_threads``: intra-op threads for each worker (None: torch's default). One image
-    per call gains nothing from intra-op threads and loses much to their wake-ups under load
-    (measured: 11 ms instead of 0.2 ms for a small MLP on a busy 2-core machine); the
-    parallelism is across requests instead. Set per worker thread (OpenMP's setting is
-    per thread), so the embedding process's own torch threads are left alone.
+    ``runtime="onnx"``: the run's ONNX export (or a .onnx file) run by ONNX Runtime.
+
+    ``options`` (or keywords naming its fields, e.g. ``max_upload_bytes=200_000``,
+    ``docs=False``): the limits, batching and exposure settings; see ``ServeOptions``.
+    Raises ``ConfigError`` for a bad setting and ``CheckpointError`` for a bad checkpoint.
     """
+    known = {f.name for f in dataclasses.fields(ServeOptions)}
+    if unknown := sorted(set(settings) - known):
+        raise ConfigError(f"create_app: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    opts = dataclasses.replace(options or ServeOptions(), **settings)
     predictor = Predictor.load(checkpoint_path, device=device, threshold=threshold,
-                               top_k=top_k, max_pixels=max_pixels)
+                               top_k=top_k, max_pixels=opts.max_pixels, runtime=runtime,
+                               threads=1 if runtime == "onnx" else None)
     classes = predictor.classes
-    workers = workers or min(4, os.cpu_count() or 1)
-    body_limit = max_upload_bytes * 4 // 3 + BASE64_SLACK
+    body_limit = opts.max_upload_bytes * 4 // 3 + BASE64_SLACK
     meta = predictor.meta
+    shown_meta = public_meta(meta, expose_versions=opts.expose_versions)
+    workers = Workers(predictor, opts)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers.start()
+        yield
+        workers.close()
+
     app = FastAPI(
         title="mnistlab",
-        version=str(meta.get("versions", {}).get("mnistlab", "")),
-        description=f"Classify handwritten digits with {meta['model']!r} "
-                    f"trained on {meta.get('dataset', '?')!r}.",
+        version=str(meta.get("versions", {}).get("mnistlab", "")) if opts.expose_versions
+        else "1",
+        description=f"Classify handwritten digits with {shown_meta['model']!r} "
+                    f"trained on {shown_meta.get('dataset', '?')!r}.",
+        docs_url="/docs" if opts.docs else None,
+        redoc_url="/redoc" if opts.docs else None,
+        openapi_url="/openapi.json" if opts.docs else None,
+        lifespan=lifespan,
     )
     app.state.predictor = predictor
-    state: dict[str, anyio.CapacityLimiter] = {}
+    app.state.options = opts
+    app.state.workers = workers
+    app.add_middleware(Guard, allowed_hosts=opts.allowed_hosts,
+                       allow_ip_hosts=opts.allow_ip_hosts, max_concurrent=opts.max_concurrent)
 
-    def limiter() -> anyio.CapacityLimiter:  # created inside the event loop, on first use
-        if "limiter" not in state:
-            state["limiter"] = anyio.CapacityLimiter(workers)
-        return state["limiter"]
-
-    local = threading.local()
-
-    def infer(image: bytes, top_k: int | None):  # runs in a worker thread
-        if torch_threads and predictor.checkpoint.engine == "torch" \
-                and getattr(local, "threads", None) != torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
-            local.threads = torch_threads
-        return predictor.predict_one(image, top_k=top_k)
+    def prepare(content_type: str, body: bytes) -> tuple[np.ndarray, bytes]:
+        """Body -> (the (28, 28) input, its PNG); runs in the preprocessing pool."""
+        image = extract_image(content_type, body, opts.max_upload_bytes)
+        try:
+            x = predictor.preprocess(image)
+        except ImageTooLargeError as e:
+            raise ApiError(413, "image_too_large", str(e)) from None
+        except EmptyImageError as e:
+            raise ApiError(422, "blank_image", str(e)) from None
+        except PreprocessError as e:
+            raise ApiError(400, "unreadable_image", str(e)) from None
+        return x, to_png(x)
 
     # -------------------------------------------------------------- errors: always JSON
 
-    def error(status: int, code: str, message: str) -> JSONResponse:
-        return JSONResponse({"error": code, "message": message}, status_code=status)
+    def error(status: int, code: str, message: str,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": code, "message": message}, status_code=status,
+                            headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error(exc.status, exc.code, exc.message)
+        return error(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -289,13 +339,15 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
 
     @app.get("/api/model")
     async def model_info() -> dict:
-        """The checkpoint's metadata (without training state or long lists) and the limits."""
+        """The checkpoint's metadata (no training state, paths or environment details;
+        long lists summarized) and the limits."""
         return {
-            **public_meta(meta),
+            **shown_meta,
             "serving": {
                 "threshold": predictor.threshold, "top_k": predictor.top_k,
-                "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
+                "max_upload_bytes": opts.max_upload_bytes, "max_pixels": opts.max_pixels,
                 "accepted_types": list(MIME_TYPES), "input_size": [28, 28],
+                "max_batch": opts.max_batch,
             },
         }
 
@@ -303,39 +355,38 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
               openapi_extra={"requestBody": _REQUEST_BODY})
     async def predict(request: Request,
                       top_k: int | None = Query(None, ge=1, le=len(classes),
-                                                description="alternatives to return")) -> dict:
+                                                description="alternatives to return")
+                      ) -> JSONResponse:
         """Classify one image (PNG, JPEG, BMP, GIF first frame, WebP)."""
-        mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if mime not in ("multipart/form-data", "application/json") and not _accepted_media(mime):
+        content_type = request.headers.get("content-type", "")
+        mime = content_type.split(";")[0].strip().lower()
+        if mime not in ("multipart/form-data", "application/json") and not accepted_media(mime):
             raise ApiError(415, "unsupported_media_type",
                            f"content type {mime!r} is not accepted; send multipart/form-data "
                            "(field 'file'), application/json ({'image': base64}) or image/*")
-        body = await read_body(request, body_limit)
-        if not body:
-            raise ApiError(400, "empty_body", "the request body is empty; send an image")
-        if mime == "multipart/form-data":
-            image = await image_from_multipart(request.scope, body)
-        elif mime == "application/json":
-            image = image_from_json(body)
-        else:
-            image = body
-        if not image:
-            raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
-        if len(image) > max_upload_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"image of {len(image):,} bytes is over the {max_upload_bytes:,} limit")
-        try:
-            pred = await anyio.to_thread.run_sync(functools.partial(infer, image, top_k),
-                                                  limiter=limiter())
-        except ImageTooLargeError as e:
-            raise ApiError(413, "image_too_large", str(e)) from None
-        except EmptyImageError as e:
-            raise ApiError(422, "blank_image", str(e)) from None
-        except PreprocessError as e:
-            raise ApiError(400, "unreadable_image", str(e)) from None
+        body = await read_body(request, body_limit, opts.body_timeout)
+        workers.start()  # no-op once the lifespan has started them
+        loop = asyncio.get_running_loop()
+        x, png = await loop.run_in_executor(workers.pool, prepare, content_type, body)
+        pred = await workers.batcher.submit(x)
+        k = predictor.top_k if top_k is None else top_k
+        pred = dataclasses.replace(pred, top_k=pred.top_k[:k])
         out = pred.to_dict(classes, with_input=True)
-        out["input_png"] = "data:image/png;base64," + base64.b64encode(
-            to_png(pred.input)).decode()
-        return out
+        out["input_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        return JSONResponse(out)  # built here: the schema above is for the docs
 
     return app
+
+
+def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
+                  log_level: str = "info", access_log: bool = True) -> Any:
+    """uvicorn's settings for ``app``: at most ``max_connections`` open connections (a
+    request on one more gets uvicorn's plain 503) and as many waiting to be accepted, idle
+    keep-alive connections closed after 5 s, no ``server`` header."""
+    import uvicorn
+
+    limit = app.state.options.max_connections
+    # uvicorn answers 503 once its connections (this one included) reach limit_concurrency
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          access_log=access_log, server_header=False,
+                          limit_concurrency=limit + 1, backlog=limit, timeout_keep_alive=5)
