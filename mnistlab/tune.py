@@ -45,7 +45,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,6 @@ class TuneResult:
     directory: Path
     report: Path | None = None
     best: Path | None = None  # best.toml
-    lines: list[str] = field(default_factory=list)
 
 
 class _Pruned(Exception):
