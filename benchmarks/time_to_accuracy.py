@@ -121,15 +121,16 @@ def reference_time_to_target(max_epochs: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------ the quick recipe
 
 
-def quick_runs(seeds: list[int], runs_dir: Path, threads: int) -> dict:
-    """Train the `quick` recipe once per seed through mnistlab.training; times and test accuracy."""
+def quick_runs(seeds: list[int], runs_dir: Path, threads: int, recipe: str = "quick") -> dict:
+    """Train the `quick` recipe (or another) once per seed through mnistlab.training; times
+    and test accuracy."""
     seconds, accs = [], []
     for seed in seeds:
         overrides = {"seed": seed, "runs_dir": str(runs_dir), "name": f"quick-seed{seed}",
                      "progress": False, "eval_test": True}
         if threads:
             overrides["threads"] = threads
-        cfg = build_config("quick", overrides)
+        cfg = build_config(recipe, overrides)
         run_dir = train(cfg, log=lambda _msg: None)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
@@ -152,6 +153,9 @@ def main() -> None:
     ap.add_argument("--quick-only", action="store_true", help="skip the reference")
     ap.add_argument("--max-epochs", type=int, default=8, help="cap on the reference's epochs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--recipe", default="quick",
+                    help="time this recipe (a name or TOML file) instead of quick, e.g. a "
+                         "candidate from `mnistlab tune` (studies/quick/)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,7 +175,7 @@ def main() -> None:
 
     print(f"quick recipe, {args.seeds} seeds:")
     with tempfile.TemporaryDirectory() as tmp:
-        quick = quick_runs(list(range(args.seeds)), Path(tmp), args.threads)
+        quick = quick_runs(list(range(args.seeds)), Path(tmp), args.threads, args.recipe)
     q_seconds = statistics.median(quick["seconds"])
     q_mean = statistics.fmean(quick["accs"])
     q_spread = statistics.pstdev(quick["accs"])
@@ -183,6 +187,7 @@ def main() -> None:
     print(f"quick: {quick['flops'] / 1e12:.3f} TFLOP of training, "
           f"{quick['flops'] / q_seconds / 1e9:.1f} GFLOP/s = {100 * fraction:.1f}% of peak")
     result = {
+        "recipe": args.recipe,
         "reference_seconds_to_99": None,
         "quick_seconds": round(q_seconds, 3),
         "quick_accuracies": [round(a, 2) for a in quick["accs"]],

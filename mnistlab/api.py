@@ -59,8 +59,11 @@ def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
     root = Path(runs_dir)
     if not root.is_dir():
         raise ConfigError(f"runs_dir: {root} is not a folder")
-    found = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
-    return [Run(p) for p in sorted(found, key=lambda p: (p / "config.json").stat().st_mtime)]
+    # trained runs have a config.json; ensembles (`mnistlab ensemble`) only a run.json
+    found = {p: p / "config.json" if (p / "config.json").is_file() else p / "run.json"
+             for p in root.iterdir() if p.is_dir()}
+    found = {p: f for p, f in found.items() if f.is_file()}
+    return [Run(p) for p in sorted(found, key=lambda p: found[p].stat().st_mtime)]
 
 
 class Run:
@@ -155,7 +158,8 @@ class Run:
         """Re-evaluate and rewrite plots and report.md; returns its path."""
         from .report import write_report
 
-        return write_report(self.path, eval_test=self.config.eval_test, log=lambda *_: None)
+        eval_test = self.config.eval_test if (self.path / "config.json").is_file() else True
+        return write_report(self.path, eval_test=eval_test, log=lambda *_: None)
 
     # --- one row of `mnistlab runs`
 

@@ -173,6 +173,10 @@ class AugmentParams:
         z = torch.zeros(n)
         return cls(angle=z, scale=torch.ones(n), translate=torch.zeros(n, 2), shear=z)
 
+    def rows(self, index: slice | Tensor) -> AugmentParams:
+        """The parameters of some samples (e.g. one rank's share of a global batch)."""
+        return AugmentParams(**{k: None if v is None else v[index] for k, v in vars(self).items()})
+
 
 @functools.cache
 def gaussian_matrix(n: int, sigma: float) -> Tensor:

@@ -31,7 +31,7 @@ AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full", "handwriting")  #
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # also linked as ./recipes
 
 __all__ = ["ConfigError", "TrainConfig", "build_config", "from_dict", "load_config_file",
-           "list_recipes", "find_recipe", "to_toml", "RESUMABLE"]
+           "list_recipes", "find_recipe", "to_toml", "check_value", "RESUMABLE"]
 
 
 def _f(default: Any, help: str, *, group: str, choices: tuple | None = None,
@@ -62,6 +62,9 @@ class TrainConfig:
                        "$MNISTLAB_DATA_DIR, then ~/.cache/mnistlab)", group="data")
     val_size: int = _f(-1, "validation images held out of train (-1: 5,000, or 10% of a "
                        "small set)", group="data", ge=-1)
+    split_seed: int = _f(-1, "seeds which images are held out for validation (-1: --seed); "
+                         "runs that share it share a validation split, e.g. the members of "
+                         "an ensemble", group="data", ge=-1)
     labels_per_class: int = _f(0, "train on only this many labelled images per class (0: all)",
                                group="data", ge=0)
     augment: str = _f("none", "augmentation preset applied to training batches", group="data",
@@ -125,6 +128,9 @@ class TrainConfig:
                       resumable=True)
     workers: int = _f(1, "numpy-mlp only: 2 splits the first layer over two processes "
                       "(Linux x86-64)", group="hardware", choices=(1, 2))
+    nproc: int = _f(1, "data-parallel training processes on this machine (torch engine, "
+                    "DDP); batch_size is the global batch, split evenly; under torchrun "
+                    "leave it at 1", group="hardware", ge=1, resumable=True)
     amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)",
                    group="hardware")
     compile: bool = _f(False, "torch.compile the model", group="hardware")
@@ -136,6 +142,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def val_seed(self) -> int:
+        """The seed of the validation split: ``split_seed``, or ``seed`` when it is -1."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def replace(self, **changes: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **changes})
@@ -171,20 +182,27 @@ def field_kind(name: str) -> type:
     return typing.get_origin(hint) or hint
 
 
+def check_value(name: str, value: Any) -> Any:
+    """One field's value, coerced to its type and checked against its own choices and bounds
+    (not against the other fields: ``validate`` does that); ConfigError naming the field."""
+    v, m = coerce(name, value), FIELDS[name].metadata
+    if m["choices"] is not None and v not in m["choices"]:
+        raise ConfigError(f"{name}: must be one of {', '.join(map(str, m['choices']))}; "
+                          f"got {v!r}")
+    for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                          ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        bound = m[key]
+        if bound is not None and not ok(v, bound):
+            raise ConfigError(f"{name}: must be {word} {bound:g}, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    return v
+
+
 def validate(c: TrainConfig) -> None:
     """Bounds and choices from the field metadata, then the checks across fields."""
-    for name, f in FIELDS.items():
-        v, m = getattr(c, name), f.metadata
-        if m["choices"] is not None and v not in m["choices"]:
-            raise ConfigError(f"{name}: must be one of {', '.join(map(str, m['choices']))}; "
-                              f"got {v!r}")
-        for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
-                              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
-            bound = m[key]
-            if bound is not None and not ok(v, bound):
-                raise ConfigError(f"{name}: must be {word} {bound:g}, got {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    for name in FIELDS:
+        check_value(name, getattr(c, name))
     if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
         raise ConfigError(f"betas: need two values in [0, 1), got {c.betas}")
     # a setting that only means something beside another is refused without it, rather than
@@ -335,12 +353,21 @@ def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
-def to_toml(cfg: TrainConfig) -> str:
-    """The config as a TOML recipe, grouped as in ``--help``; ``--config`` reads it back."""
-    lines, group = [], None
+def to_toml(cfg: TrainConfig, *, description: str = "", comments: list[str] | None = None,
+            result: dict[str, Any] | None = None) -> str:
+    """The config as a TOML recipe, grouped as in ``--help``; ``--config`` reads it back.
+    ``description``, ``comments`` (lines above the settings) and a ``[result]`` table (what
+    was measured with it, shown by ``mnistlab recipes``) make it a recipe file."""
+    lines: list[str] = []
+    if description:
+        lines.append(f"description = {_toml_value(description)}")
+    lines += [f"# {c}" if c else "#" for c in comments or []]
+    group = None
     for name, f in FIELDS.items():
         if f.metadata["group"] != group:
             group = f.metadata["group"]
             lines.append(f"{'' if not lines else chr(10)}# --- {group}")
         lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
+    if result:
+        lines += ["", "[result]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in result.items()]
     return "\n".join(lines) + "\n"

@@ -110,6 +110,11 @@ def dataset_for(ck: Checkpoint, split: str, data_dir: str | None = None) -> data
     """The checkpoint's own dataset and split (same validation hold-out as in training),
     looked for where training found it unless ``data_dir`` says otherwise."""
     sp = ck.meta.get("split", {})
+    if split != "test" and "seed" in sp and sp["seed"] is None:  # an ensemble's mixed split
+        raise DataError(f"split: the members of {ck.path.parent.parent.name} held out different "
+                        "validation images (each trained on digits another validates on), so "
+                        "only the test split is fair to it; ensemble runs trained with one "
+                        "--split-seed to evaluate it on validation")
     val_size = sp.get("val_size", -1)
     return data_mod.load(ck.meta["dataset"], split, data_dir=data_dir or sp.get("data_dir"),
                          val_size=None if val_size is None or val_size < 0 else val_size,

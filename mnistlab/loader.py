@@ -87,7 +87,10 @@ class BatchLoader:
 
     def shard(self, rank: int, world_size: int) -> BatchLoader:
         """Yield only rank's share: every epoch's order, padded by wrapping around to a multiple
-        of world_size, split round-robin. All ranks get the same number of batches."""
+        of world_size, split round-robin. All ranks get the same number of batches, and with
+        batch_size b, batch i of the ranks together is batch i of one process with batch size
+        b * world_size (exactly, when world_size divides the split's size; otherwise the last
+        batch repeats a few images). Augmentation follows the same rows."""
         if not 0 <= rank < world_size:
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}"
@@ -140,9 +143,18 @@ class BatchLoader:
         for src, y in zip(sources, labels, strict=True):
             x = src.float()  # on the raw 0..255 scale: 0 = background, the augmentation's fill
             if self.augment is not None:
-                x = self.augment(x)
+                x = self._augment(x)
             torch.add(self._shift, x, alpha=self._scale, out=x)  # normalize in place
             yield from zip(x.split(b), y.split(b), strict=True)
+
+    def _augment(self, x: Tensor) -> Tensor:
+        if self.world_size == 1 or self.augment.cfg.is_identity:
+            return self.augment(x)
+        # sharded: draw the parameters of the whole global batch, as one process would, from
+        # the stream every rank shares, and apply this rank's rows (it holds global positions
+        # rank, rank + world_size, ...: see shard)
+        params = self.augment.sample(len(x) * self.world_size, x.shape[-2], x.shape[-1])
+        return self.augment.apply(x, params.rows(slice(self.rank, None, self.world_size)))
 
     def state_dict(self) -> dict:
         """What an exact resume at an epoch boundary needs (the data order and the augment

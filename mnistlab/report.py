@@ -189,6 +189,8 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
     if records:
         plot_curves(records, run_dir / "plots" / "curves.png")
     splits = ["val", "test"] if eval_test else ["val"]
+    if ck.meta.get("split", {}).get("seed", 0) is None:  # an ensemble of mixed validation splits
+        splits = ["test"]
     results = {}
     for split in splits:
         ev = evaluate(ck, split)
@@ -203,21 +205,31 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
 
     n_params = get_engine(ck.engine).num_parameters(ck.model)
     hw = info.get("hardware", {})
+    ensemble = ck.engine == "ensemble"
+    model_line = (f"- model: an ensemble of {len(meta['model_args']['members'])} members (the "
+                  f"mean of their calibrated probabilities), {n_params:,} parameters"
+                  if ensemble else f"- model: `{meta['model']}` {json.dumps(meta['model_args'])}, "
+                  f"{n_params:,} parameters ({meta.get('engine', 'torch')} engine)")
     lines = [
         f"# Run report: {run_dir.name}",
         "",
         f"- status: {info.get('status', 'unknown')}"
         + (f" (resumed {info['resumed']} time(s))" if info.get("resumed") else ""),
         f"- command: `{info['command']}`" if info.get("command") else "- command: (unknown)",
-        f"- model: `{meta['model']}` {json.dumps(meta['model_args'])}, "
-        f"{n_params:,} parameters ({meta.get('engine', 'torch')} engine)",
+        model_line,
         f"- dataset: `{meta['dataset']}` (classes: {', '.join(meta['classes'])})",
-        f"- best checkpoint: epoch {meta.get('epoch')} of {len(epochs)}, step {meta.get('step')}",
-        f"- training time: {train_seconds:.1f} s (all sessions, evaluation excluded)",
-        f"- hardware: {_hardware(hw)}" if hw else "- hardware: (not recorded)",
-        f"- seed {meta.get('seed')}, code {meta.get('code_version')}, "
-        f"versions {json.dumps(meta.get('versions', {}))}",
     ]
+    if ensemble:
+        lines += _members(info)
+    else:
+        lines += [
+            f"- best checkpoint: epoch {meta.get('epoch')} of {len(epochs)}, "
+            f"step {meta.get('step')}",
+            f"- training time: {train_seconds:.1f} s (all sessions, evaluation excluded)",
+            f"- hardware: {_hardware(hw)}" if hw else "- hardware: (not recorded)",
+            f"- seed {meta.get('seed')}, code {meta.get('code_version')}, "
+            f"versions {json.dumps(meta.get('versions', {}))}",
+        ]
     if meta.get("parent"):
         lines.append(f"- derived from: `{meta['parent'].get('path')}` "
                      f"({_derivation(meta)})")
@@ -264,6 +276,20 @@ def write_report(run_dir: str | Path, *, eval_test: bool = True, log: Callable[[
     path.write_text("\n".join(lines))
     log(f"report: {path}")
     return path
+
+
+def _members(info: dict[str, Any]) -> list[str]:
+    """The members table of an ensemble's report (from its run.json)."""
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    lines = ["", "## Members", "", "| run | model | seed | temperature | val accuracy | "
+             "test accuracy |", "|---|---|---|---|---|---|"]
+    for m in info.get("members", []):
+        lines.append(f"| `{m['run']}` | {m['model']} | {m.get('seed')} | "
+                     f"{m.get('temperature', 1.0):.3g} | {pct(m.get('val_acc'))} | "
+                     f"{pct(m.get('test_acc'))} |")
+    return lines
 
 
 def _hardware(hw: dict[str, Any]) -> str:

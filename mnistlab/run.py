@@ -182,11 +182,15 @@ class EarlyStopping:
 
 class RunDir:
     """One run directory while it trains. Engines use ``log_step``, ``end_epoch``, ``meta``
-    and ``save``; train.py creates it, and calls ``finish`` or ``fail``."""
+    and ``save``; train.py creates it, and calls ``finish`` or ``fail``.
+
+    In a data-parallel run every rank keeps one (the same bookkeeping, the same decisions),
+    but only the primary rank (rank 0) writes: the others' ``primary`` is False."""
 
     def __init__(self, path: Path, cfg: TrainConfig, engine: Any, *, extra: dict[str, Any],
-                 classes: list[str], normalization: dict[str, float], created: bool):
-        self.path, self.cfg, self.engine = path, cfg, engine
+                 classes: list[str], normalization: dict[str, float], created: bool,
+                 primary: bool = True):
+        self.path, self.cfg, self.engine, self.primary = path, cfg, engine, primary
         self.extra = extra  # provenance for checkpoints and run.json (parent, finetune, ...)
         self.classes, self.normalization = classes, normalization
         self.created = created  # this process made the directory (so may remove it)
@@ -201,7 +205,7 @@ class RunDir:
     @classmethod
     def prepare(cls, cfg: TrainConfig, engine: Any, *, classes: list[str],
                 normalization: dict[str, float], extra: dict[str, Any] | None = None,
-                resume: str | Path | None = None) -> RunDir:
+                resume: str | Path | None = None, primary: bool = True) -> RunDir:
         """Check where the run goes (nothing is written yet)."""
         if resume is not None:
             path = Path(resume)
@@ -214,10 +218,12 @@ class RunDir:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"runs_dir: {parent} is not a folder")
         return cls(path, cfg, engine, extra=dict(extra or {}), classes=classes,
-                   normalization=normalization, created=not path.exists())
+                   normalization=normalization, created=not path.exists(), primary=primary)
 
     def start(self, *, resumed: bool) -> None:
         """Create the directory and write config.json and run.json."""
+        if not self.primary:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.path)
@@ -248,19 +254,24 @@ class RunDir:
         self.log = RunLog(self.path, self.cfg.tensorboard)
 
     def write_info(self) -> None:
-        atomic_write_json(self.path / "run.json", self.info)
+        if self.primary:
+            atomic_write_json(self.path / "run.json", self.info)
 
     def fail(self, error: BaseException) -> None:
         """Record how the run ended; remove the directory if nothing worth keeping exists."""
         if self.log is not None:
             self.log.close()
+        if not self.primary:
+            return
         if self.created and not has_checkpoint(self.path):
             shutil.rmtree(self.path, ignore_errors=True)
             return
         if not self.path.is_dir():
             return
-        status = (INTERRUPTED if isinstance(error, KeyboardInterrupt)
-                  else DIVERGED if isinstance(error, TrainingDiverged) else FAILED)
+        # an error may say how the run ended (a tuning trial's hook raises one with "pruned")
+        status = getattr(error, "run_status", None) or (
+            INTERRUPTED if isinstance(error, KeyboardInterrupt)
+            else DIVERGED if isinstance(error, TrainingDiverged) else FAILED)
         self.info.update(status=status, error=str(error).splitlines()[0] if str(error) else
                          type(error).__name__, train_seconds=self.train_seconds, ended=_now())
         try:
@@ -271,6 +282,8 @@ class RunDir:
     def finish(self) -> None:
         if self.log is not None:
             self.log.close()
+        if not self.primary:
+            return
         self.info.update(status=FINISHED, train_seconds=round(self.train_seconds, 3),
                          finished=_now(), epochs_done=self.epochs_done)
         self.write_info()
@@ -283,13 +296,15 @@ class RunDir:
         return base_meta(
             engine=self.engine.name, model=c.model, model_args=model_args,
             classes=self.classes, normalization=self.normalization, dataset=c.dataset,
-            split={"val_size": c.val_size, "seed": c.seed, "labels_per_class": c.labels_per_class,
+            split={"val_size": c.val_size, "seed": c.val_seed,
+                   "labels_per_class": c.labels_per_class,
                    **({"data_dir": c.data_dir} if c.data_dir else {})},
             seed=c.seed, **self.extra, **fields)
 
     def save(self, which: str, model: Any, meta: dict[str, Any],
              train_state: dict[str, Any] | None = None) -> None:
-        save_checkpoint(self.path / "checkpoints" / which, model, meta, train_state=train_state)
+        if self.primary:
+            save_checkpoint(self.path / "checkpoints" / which, model, meta, train_state=train_state)
 
     def log_step(self, *, epoch: int, step: int, loss: float, acc: float, lr: float,
                  images_per_s: float) -> dict:
@@ -302,7 +317,8 @@ class RunDir:
                 f"in {self.path / 'checkpoints'}. Try a lower --lr or --grad-clip.")
         rec = {"type": "step", "epoch": epoch, "step": step, "loss": loss, "acc": acc, "lr": lr,
                "images_per_s": images_per_s}
-        self.log.write(rec)
+        if self.log is not None:
+            self.log.write(rec)
         return rec
 
     def end_epoch(self, *, epoch: int, step: int, train: dict, val: dict, lr: float,
@@ -318,7 +334,8 @@ class RunDir:
         rec = {"type": "epoch", "epoch": epoch + 1, "step": step, "train_loss": train["loss"],
                "train_acc": train["acc"], "val_loss": val["loss"], "val_acc": val["acc"],
                "lr": lr, "seconds": seconds, "images_per_s": train["images"] / max(seconds, 1e-9)}
-        self.log.write(rec)
+        if self.log is not None:
+            self.log.write(rec)
         log(f"epoch {epoch + 1}/{self.cfg.epochs}  train loss {rec['train_loss']:.4f} "
             f"acc {rec['train_acc']:.4f}  val loss {val['loss']:.4f} acc {val['acc']:.4f}  "
             f"lr {lr:.2e}  {seconds:.1f}s ({rec['images_per_s']:,.0f} img/s)"
@@ -327,9 +344,10 @@ class RunDir:
                          metrics={"val_loss": val["loss"], "val_acc": val["acc"]})
         if is_best:
             self.save("best", model, meta)
-        state = {**train_state(), "early_stopping": vars(self.stopper).copy(), "epoch": epoch,
-                 "step": step, "train_seconds": self.train_seconds}
-        self.save("last", model, meta, train_state=state)
+        if self.primary:
+            state = {**train_state(), "early_stopping": vars(self.stopper).copy(),
+                     "epoch": epoch, "step": step, "train_seconds": self.train_seconds}
+            self.save("last", model, meta, train_state=state)
         self.epochs_done = epoch + 1
         stop = self.stopper.should_stop
         if stop:
@@ -351,7 +369,8 @@ class RunDir:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.epochs_done = int(state["epoch"]) + 1
         step = int(state["step"])
-        self.log.truncate_after(step)
+        if self.log is not None:
+            self.log.truncate_after(step)
         log(f"resuming {self.path} at epoch {state['epoch'] + 2}, step {step}")
         return int(state["epoch"]) + 1, step
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import data as data_mod
+from . import distributed
 from .checkpoint import load_checkpoint
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, from_dict
 from .engines import engine_for_model
 from .errors import ConfigError, TrainingDiverged, storage_error
 from .run import EarlyStopping, RunDir, has_checkpoint, read_run_info, saved_config
@@ -50,7 +51,7 @@ class Hooks:
 def load_splits(cfg: TrainConfig) -> tuple[data_mod.Dataset, data_mod.Dataset]:
     """(train, val) for a config; few-label runs keep only N labelled images per class."""
     kw = dict(data_dir=cfg.data_dir or None, val_size=None if cfg.val_size < 0 else cfg.val_size,
-              seed=cfg.seed)
+              seed=cfg.val_seed)
     train_ds = data_mod.load(cfg.dataset, "train", **kw)
     val_ds = data_mod.load(cfg.dataset, "val", **kw)
     if cfg.labels_per_class:
@@ -76,16 +77,27 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
 
 
 def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | None = None,
-          log: Callable[[str], None] = print) -> Path:
+          log: Callable[[str], None] = print, report: bool = True) -> Path:
     """Train a model as ``cfg`` says and return its run directory.
 
     ``resume``: a run directory to continue from the end of its last completed epoch (its
     ``last`` checkpoint holds the training state); a run that died before its first
     checkpoint starts over in place.
+
+    ``cfg.nproc`` > 1: once everything is checked, ``nproc`` new processes train the run
+    together (distributed.py); their rank 0 prints the log lines and writes the run. Under
+    torchrun this function runs in every rank, and only rank 0 writes.
+
+    ``report=False`` skips the report (plots, report.md, eval_*.json: most of a very short
+    run's time); `mnistlab report RUN` writes it later. Tuning trials use it.
     """
     hooks = hooks or Hooks()
     engine = engine_for_model(cfg.model)
     engine.check(cfg, hooks)
+    ctx = distributed.env_context()  # this process's rank in a data-parallel run, or None
+    primary = ctx is None or ctx.primary
+    if not primary:
+        log = _silent
     if resume is not None:
         info = read_run_info(resume)
         if hooks.model is not None or info.get("parent") or info.get("finetune"):
@@ -114,7 +126,13 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         model = engine.build(cfg.model, cfg.model_args, train_ds.num_classes, seed=cfg.seed)
     run = RunDir.prepare(cfg, engine, classes=list(train_ds.classes),
                          normalization={"mean": train_ds.mean, "std": train_ds.std},
-                         extra=hooks.meta, resume=resume)
+                         extra=hooks.meta, resume=resume, primary=primary)
+    if cfg.nproc > 1 and ctx is None:  # checked, nothing written: the ranks take over
+        ranked = cfg.replace(name=run.path.name) if resume is None else cfg
+        distributed.launch("mnistlab.training:_rank_main",
+                           [ranked.to_dict(), None if resume is None else str(resume)],
+                           cfg.nproc, log=log)
+        return run.path
 
     # --- train, then the report (the test split is evaluated here, once)
     run.start(resumed=state is not None)
@@ -128,8 +146,9 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
         else:
             result = engine.fit(cfg, run, model, train_ds, val_ds, hooks=hooks, state=state,
                                 log=log)
-            run.info["parameters"] = result.get("parameters")
-            run.info["hardware"].update(result.get("hardware", {}))
+            if primary:
+                run.info["parameters"] = result.get("parameters")
+                run.info["hardware"].update(result.get("hardware", {}))
         run.finish()
     except OSError as e:  # a full disk, a read-only or vanished folder
         run.fail(e)
@@ -139,18 +158,30 @@ def train(cfg: TrainConfig, *, hooks: Hooks | None = None, resume: str | Path | 
     except BaseException as e:
         run.fail(e)
         raise
+    if not primary:
+        return run.path
     from .calibrate import calibrate_run
     from .report import write_report
 
     try:  # calibrated on the validation split (the report then shows it), then the report
         calibrate_run(run.path, data_dir=cfg.data_dir or None, log=log)
-        write_report(run.path, eval_test=cfg.eval_test, log=log,
-                     train_seconds=run.train_seconds)
+        if report:
+            write_report(run.path, eval_test=cfg.eval_test, log=log,
+                         train_seconds=run.train_seconds)
     except OSError as e:
         raise storage_error(e, f"the run finished (checkpoints in {run.path / 'checkpoints'}) "
                             "but its report could not be written",
                             f"free some space, then `mnistlab report {run.path}`") from e
     return run.path
+
+
+def _rank_main(cfg: dict[str, Any], resume: str | None) -> None:
+    """One rank of ``train(cfg)`` with ``cfg.nproc`` > 1 (distributed.launch runs it)."""
+    train(from_dict(cfg), resume=resume)
+
+
+def _silent(*_: Any) -> None:
+    pass
 
 
 def _stopped(state: dict[str, Any]) -> bool:

@@ -69,6 +69,7 @@ LOW_LEVEL = {
     "mnistlab.errors": set(),
     "mnistlab.limits": set(),
     "mnistlab.config": {"mnistlab.errors"},
+    "mnistlab.distributed": {"mnistlab.errors"},
     "mnistlab.schedules": {"mnistlab.config"},
     "mnistlab.engines.base": {"mnistlab.errors", "mnistlab.config"},
     "mnistlab.compact": set(),  # the compact weight format: a leaf that checkpoint reads

@@ -35,6 +35,7 @@ CHANGES = {
     "seed": (1, {}),
     "dataset": ("mnist-5k:0-4", {}),
     "val_size": (300, {}),
+    "split_seed": (1, {}),
     "labels_per_class": (10, {}),
     "augment": ("affine", {}),
     "model_args": ({"hidden": [8]}, {}),
@@ -71,9 +72,10 @@ CHANGES = {
 }
 # fields checked by their own test below: where the run goes, where data are looked for,
 # the device, bit-reproducibility, compilation, the model (which picks the engine) and
-# the divergence guard
+# the divergence guard; and nproc, in tests/test_distributed.py (several processes: the torch
+# engine trains as one process would, the NumPy engine refuses it)
 SPECIAL = {"name", "runs_dir", "data_dir", "device", "deterministic", "compile", "model",
-           "max_loss"}
+           "max_loss", "nproc"}
 
 
 def test_every_field_is_covered() -> None:

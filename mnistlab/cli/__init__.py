@@ -21,6 +21,7 @@ from . import (
     calibrate,
     compress,
     data,
+    ensemble,
     evaluate,
     export,
     finetune,
@@ -30,12 +31,13 @@ from . import (
     runs,
     serve,
     train,
+    tune,
 )
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, PREFIX, HelpFormatter, Parser
 
 # in the order `mnistlab --help` lists them
-COMMANDS = (train, finetune, compress, evaluate, calibrate, report, runs, export, predict, serve,
-            models, data)
+COMMANDS = (train, tune, finetune, compress, ensemble, evaluate, calibrate, report, runs, export,
+            predict, serve, models, data)
 
 
 def build_parser() -> Parser:

@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
         print(to_toml(cfg), end="")
         return 0
     run_dir = train(cfg, resume=args.resume)
-    print(f"run directory: {run_dir}")
+    from ..distributed import env_context
+
+    ctx = env_context()
+    if ctx is None or ctx.primary:  # under torchrun, every rank runs this command
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
 
 # name -> module defining ENGINE, imported on first use
-_BUILTIN = {"numpy": "mnistlab.engines.numpy_engine", "torch": "mnistlab.engines.torch_engine"}
+_BUILTIN = {"numpy": "mnistlab.engines.numpy_engine", "torch": "mnistlab.engines.torch_engine",
+            "ensemble": "mnistlab.engines.ensemble_engine"}
 _LOADED: dict[str, Engine] = {}
 
 

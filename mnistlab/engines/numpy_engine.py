@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import scratch
 from ..config import TrainConfig
+from ..distributed import env_context
 from ..errors import ConfigError
 from ..schedules import LRSchedule
 
@@ -35,6 +36,8 @@ _REFUSED = (
     ("amp", lambda c: not c.amp, "mixed precision (it computes in float32)"),
     ("compile", lambda c: not c.compile, "compilation (that is torch.compile)"),
     ("device", lambda c: c.device in ("auto", "cpu"), "device {v!r}: it runs on the CPU"),
+    ("nproc", lambda c: c.nproc == 1, "data-parallel processes (--workers 2 splits its first "
+     "layer over two processes instead)"),
 )
 
 
@@ -87,6 +90,10 @@ class NumpyEngine:
             if cfg.threads > 1:
                 raise ConfigError("threads: with --workers 2 each process uses one BLAS "
                                   "thread; leave --threads at 0 or 1")
+        ctx = env_context()
+        if ctx is not None:
+            raise ConfigError(f"nproc: the NumPy engine trains in one process, but this is rank "
+                              f"{ctx.rank} of {ctx.world_size} (torchrun); run it without torchrun")
         if hooks is not None and any(getattr(hooks, h) is not None for h in
                                      ("model", "loss", "after_step", "lr_scales",
                                       "on_epoch_start")):
@@ -208,6 +215,8 @@ class NumpyEngine:
                 log=log, val=val_m, train={"loss": rec["train_loss"], "acc": rec["train_acc"],
                                            "images": len(train)})
             last[0] = out
+            if hooks.on_epoch_end is not None:  # e.g. a tuning trial reports and may be pruned
+                hooks.on_epoch_end(rec["epoch"] - 1, out)
             return stop
 
         def on_log(rec: dict) -> None:

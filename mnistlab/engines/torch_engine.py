@@ -9,8 +9,10 @@ normalized and augmented as whole batches.
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,13 @@ import torch.nn.functional as F
 
 from ..augment import Augment, augment_preset
 from ..config import TrainConfig
+from ..distributed import Context, env_context
 from ..errors import ConfigError
-from ..loader import BatchLoader
+from ..loader import BatchLoader, epoch_seed
 from ..models import count_parameters, create_model, list_models
 from ..models import registry_docs as _docs
 from ..optim import LRSchedule, build_optimizer, decoupled_decay, param_groups, penalty
+from . import torch_ddp
 
 MAX_PARAMETERS = 200_000_000  # a checkpoint describing a bigger model is refused unbuilt
 
@@ -87,9 +91,37 @@ class TorchEngine:
     def check(self, cfg: TrainConfig, hooks: Any = None) -> None:
         if cfg.workers != 1:
             raise ConfigError("workers: only the NumPy engine (model numpy-mlp) trains with "
-                              "worker processes; torch uses --threads")
-        pick_device(cfg.device)
+                              "worker processes; torch uses --threads (and --nproc)")
+        device = pick_device(cfg.device)
         augment_preset(cfg.augment)
+        ctx = env_context()
+        if ctx is not None and ctx.torchrun and cfg.nproc > 1:
+            raise ConfigError(f"nproc: this process is already rank {ctx.rank} of "
+                              f"{ctx.world_size} (torchrun starts the processes: "
+                              "--nproc-per-node); leave --nproc at 1")
+        world = ctx.world_size if ctx is not None else cfg.nproc
+        if world == 1:
+            return
+        if cfg.batch_size % world:
+            raise ConfigError(f"batch_size: {cfg.batch_size} does not split evenly over {world} "
+                              f"processes (each takes batch_size/{world}); use a multiple of "
+                              f"{world}")
+        if hooks is not None and (hooks.model is not None or any(
+                getattr(hooks, h) is not None for h in ("lr_scales", "on_epoch_start", "loss",
+                                                        "after_step", "on_epoch_end"))):
+            raise ConfigError("nproc: derived runs (fine-tuning, pruning, distillation) and "
+                              "tuning trials train in one process each")
+        if device.type == "mps":
+            raise ConfigError("nproc: data-parallel training runs on CPUs (gloo) or CUDA GPUs "
+                              "(NCCL), not on MPS")
+        if device.type == "cuda":
+            if cfg.device not in ("auto", "cuda"):
+                raise ConfigError(f"device: with several processes each rank takes its own GPU "
+                                  f"(cuda:LOCAL_RANK); use --device cuda, not {cfg.device!r}")
+            local = ctx.local_world_size if ctx is not None else cfg.nproc
+            if local > torch.cuda.device_count():
+                raise ConfigError(f"nproc: {local} processes on this machine but only "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
 
     def build(self, model: str, model_args: dict[str, Any], num_classes: int, *,
               seed: int = 0) -> torch.nn.Module:
@@ -178,42 +210,60 @@ class TorchEngine:
             hooks: Any, state: dict[str, Any] | None, log: Any) -> dict[str, Any]:
         # process-wide settings for this run only: restored afterwards
         threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        ctx = env_context()  # this process's rank in a data-parallel run, or None
         try:
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
+            elif ctx is not None:  # the ranks on this machine share its cores
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world_size))
             if hooks.model is not None and state is None:
                 seed_everything(cfg.seed, cfg.deterministic)  # build() seeded the others
             elif cfg.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
                 torch.backends.cudnn.benchmark = False
-            return self._fit(cfg, run, model, train, val, hooks=hooks, state=state, log=log)
+            device = _device(cfg, ctx)
+            group = torch_ddp.process_group(ctx, device) if ctx is not None else nullcontext()
+            with group:
+                return self._fit(cfg, run, model, train, val, hooks=hooks, state=state, log=log,
+                                 device=device, ctx=ctx)
         finally:
             torch.set_num_threads(threads)
             torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
     def _fit(self, cfg: TrainConfig, run: Any, model: torch.nn.Module, train: Any, val: Any, *,
-             hooks: Any, state: dict[str, Any] | None, log: Any) -> dict[str, Any]:
-        device = pick_device(cfg.device)
+             hooks: Any, state: dict[str, Any] | None, log: Any, device: torch.device,
+             ctx: Context | None) -> dict[str, Any]:
+        world = ctx.world_size if ctx is not None else 1
         amp_dtype = None
         if cfg.amp:
             amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
-        # --- data: the whole split lives on the device as uint8; batches normalized there
+        # --- data: the whole split lives on the device as uint8; batches normalized there.
+        # With several ranks each takes its rows of every batch (loader.shard) and of the
+        # validation split; the metrics are summed over the ranks (torch_ddp.all_sum)
         augment = None
         if cfg.augment != "none":
             augment = Augment(augment_preset(cfg.augment), seed=cfg.seed)
-        train_loader = BatchLoader(train.images, train.labels, batch_size=cfg.batch_size,
+        train_loader = BatchLoader(train.images, train.labels, batch_size=cfg.batch_size // world,
                                    mean=train.mean, std=train.std, shuffle=True, seed=cfg.seed,
                                    device=device, augment=augment)
-        val_loader = BatchLoader(val.images, val.labels, batch_size=1000, mean=train.mean,
+        val_x, val_y = val.images, val.labels
+        if ctx is not None:
+            train_loader.shard(ctx.rank, world)
+            val_x, val_y = val_x[ctx.rank :: world], val_y[ctx.rank :: world]
+        val_loader = BatchLoader(val_x, val_y, batch_size=1000, mean=train.mean,
                                  std=train.std, shuffle=False, device=device)
 
-        # --- model and optimizer
+        # --- model and optimizer (under DDP: batch norm over the global batch, gradients
+        # averaged over the ranks; ``model`` stays the plain module that checkpoints save)
         model.to(device)
+        if ctx is not None:
+            model = torch_ddp.sync_batchnorm(model, device)
         optimizer = build_optimizer(cfg, param_groups(model, hooks.lr_scales))
         schedule = LRSchedule(cfg, len(train_loader))
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
-        step_fn = torch.compile(model) if cfg.compile else model
+        net = torch_ddp.wrap(model, device) if ctx is not None else model
+        step_fn = torch.compile(net) if cfg.compile else net
         start_epoch, step = 0, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -226,7 +276,17 @@ class TorchEngine:
         n_total, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
         log(f"run {run.path}  model {cfg.model} ({n_train:,} trainable / {n_total:,} "
             f"parameters)  data {cfg.dataset} train {len(train):,} val {len(val):,}  "
-            f"device {device}")
+            f"device {device}" + (f"  {world} processes ({torch_ddp.backend_for(device)}), "
+                                  f"{cfg.batch_size // world} images each per step"
+                                  if ctx is not None else ""))
+
+        def totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+                   ) -> tuple[float, float, int]:
+            """(mean loss, accuracy, images) so far this epoch, over all ranks."""
+            if ctx is None:
+                return loss_sum.item() / seen, correct.item() / seen, seen
+            loss, right, n = torch_ddp.all_sum([loss_sum, correct, seen], device)
+            return loss / n, right / n, int(n)
 
         def train_state() -> dict[str, Any]:
             return {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -239,12 +299,15 @@ class TorchEngine:
         rec: dict[str, Any] = {}
         smoothing = cfg.label_smoothing > 0 and hooks.loss is None
         for epoch in range(start_epoch, cfg.epochs):
-            model.train()
+            net.train()
+            if ctx is not None:  # each rank its own dropout masks, replayable on resume
+                torch.manual_seed(epoch_seed(cfg.seed, epoch * 65536 + ctx.rank))
             if hooks.on_epoch_start is not None:  # after train(): it may put frozen BN in eval
                 hooks.on_epoch_start(epoch, model, optimizer)
             train_loader.epoch = epoch  # the permutation depends only on (seed, epoch)
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not cfg.progress, leave=False, unit="batch")
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not cfg.progress or (ctx is not None and not ctx.primary),
+                       unit="batch")
             loss_sum = torch.zeros((), device=device)  # cross-entropy, without smoothing
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen, t0 = 0, time.perf_counter()
@@ -279,23 +342,26 @@ class TorchEngine:
                     correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 if step % cfg.log_every == 0 or i == len(train_loader) - 1:
+                    t_loss, t_acc, t_seen = totals(loss_sum, correct, seen)
                     step_rec = run.log_step(
-                        epoch=epoch + 1, step=step, loss=loss_sum.item() / seen,
-                        acc=correct.item() / seen, lr=lr,
-                        images_per_s=seen / (time.perf_counter() - t0))
+                        epoch=epoch + 1, step=step, loss=t_loss, acc=t_acc, lr=lr,
+                        images_per_s=t_seen / (time.perf_counter() - t0))
                     bar.set_postfix(loss=f"{step_rec['loss']:.4f}", acc=f"{step_rec['acc']:.4f}",
                                     lr=f"{lr:.2e}", img_s=f"{step_rec['images_per_s']:,.0f}")
             seconds = time.perf_counter() - t0
 
             # --- end of epoch: validation, schedule, then the shared policy (run.py)
             val_m = evaluate_loader(model, val_loader, amp_dtype)
+            if ctx is not None:
+                n = len(val_y)
+                v_loss, v_right, v_n = torch_ddp.all_sum(
+                    [val_m["loss"] * n, val_m["acc"] * n, n], device)
+                val_m = {"loss": v_loss / v_n, "acc": v_right / v_n}
             schedule.end_epoch(run.stopper.score(val_m))
             rec, stop = run.end_epoch(
                 epoch=epoch, step=step, lr=lr, seconds=seconds, model=model,
                 model_args=self.model_args(model), train_state=train_state, log=log,
-                train={"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
-                       "images": seen},
-                val=val_m)
+                train={"loss": t_loss, "acc": t_acc, "images": t_seen}, val=val_m)
             if hooks.on_epoch_end is not None:
                 hooks.on_epoch_end(epoch, rec)
             if stop:
@@ -306,10 +372,18 @@ class TorchEngine:
         if device.type == "cuda":
             name += f" ({torch.cuda.get_device_name(device)})"
         return {"parameters": n_total, "hardware": {
-            "device": name, "threads": torch.get_num_threads(),
+            "device": name, "threads": torch.get_num_threads(), "processes": world,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "compiled": cfg.compile, "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype
             else "off", "torch": torch.__version__}}
+
+
+def _device(cfg: TrainConfig, ctx: Context | None) -> torch.device:
+    """The configured device; under DDP on GPUs, this rank's own (cuda:LOCAL_RANK)."""
+    device = pick_device(cfg.device)
+    if ctx is not None and device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
 
 
 ENGINE = TorchEngine()
