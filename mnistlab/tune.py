@@ -243,17 +243,26 @@ def open_storage(url: str, *, heartbeat: int = 30, retries: int = 1) -> Any:
         kwargs["connect_args"] = {"connect_timeout": 10}
     elif url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # seconds to wait for another writer's lock
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=retries))
-    except ImportError:
-        raise ConfigError(f"storage: {shown_url(url)} needs its database driver (pip install "
-                          "'mnistlab[tune]' brings psycopg2 for PostgreSQL)") from None
-    except Exception as e:  # sqlalchemy: a bad URL, an unknown dialect, no server, bad login
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"storage: cannot open {shown_url(url)}: {first}") from None
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=retries))
+        except ImportError:
+            raise ConfigError(f"storage: {shown_url(url)} needs its database driver (pip "
+                              "install 'mnistlab[tune]' brings psycopg2 for PostgreSQL)") from None
+        except Exception as e:  # sqlalchemy: a bad URL, an unknown dialect, no server, bad login
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            # Workers started together on a fresh database race to create Optuna's tables;
+            # the loser gets a duplicate key or "already exists" and finds them next time.
+            racing = type(e).__name__ in ("IntegrityError", "ProgrammingError") and (
+                "duplicate key" in first or "already exists" in first)
+            if not racing or attempt == 3:
+                raise ConfigError(f"storage: cannot open {shown_url(url)}: {first}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------------ the search

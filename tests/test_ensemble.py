@@ -58,7 +58,7 @@ def calibrate(run: Path, temperature: float) -> None:
     """What a calibration step records in a checkpoint (another part of mnistlab writes it)."""
     meta_path = run / "checkpoints" / "best.json"
     meta = json.loads(meta_path.read_text())
-    meta["calibration"] = {"temperature": temperature}
+    meta["calibration"] = {**(meta.get("calibration") or {}), "temperature": temperature}
     meta_path.write_text(json.dumps(meta))
 
 
@@ -66,7 +66,9 @@ def calibrate(run: Path, temperature: float) -> None:
 def test_ensemble_is_the_mean_of_calibrated_probabilities_and_a_run(members, tmp_path,
                                                                      capsys) -> None:
     runs = [members["cnn0"], members["cnn1"], members["mlp"]]
-    calibrate(members["cnn1"], 2.0)
+    calibrate(members["cnn1"], 2.0)  # the others keep what training fitted
+    temps = [load_checkpoint(r).temperature for r in runs]
+    assert temps[1] == 2.0 and temps[0] != 1.0  # every run is calibrated as it ends
     path = create_ensemble(runs, name="ens", runs_dir=tmp_path, log=lambda *_: None)
 
     # the checkpoint rebuilds every member (both engines) and averages their probabilities,
@@ -76,13 +78,12 @@ def test_ensemble_is_the_mean_of_calibrated_probabilities_and_a_run(members, tmp
     test = data.load("mnist-5k", "test")
     x = ck.normalize(test.images[:300] / 255.0)
     expected = np.mean([softmax(load_checkpoint(r).logits(x) / t)
-                        for r, t in zip(runs, (1.0, 2.0, 1.0))], axis=0)
+                        for r, t in zip(runs, temps)], axis=0)
     np.testing.assert_allclose(softmax(ck.logits(x)), expected, atol=1e-6)
 
     # an ordinary run directory: eval (validation is shared: split_seed 0), predict, serve
     info = json.loads((path / "run.json").read_text())
-    assert info["status"] == "finished" and [m["temperature"] for m in info["members"]] == \
-           [1.0, 2.0, 1.0]
+    assert info["status"] == "finished" and [m["temperature"] for m in info["members"]] == temps
     code = main(["eval", str(path), "--split", "test", "--json", "--no-plots"])
     ens_acc = json.loads(capsys.readouterr().out)["accuracy"]
     assert code == 0 and ens_acc == json.loads((path / "eval_test.json").read_text())[
@@ -105,7 +106,7 @@ def test_ensemble_is_the_mean_of_calibrated_probabilities_and_a_run(members, tmp
 
     buf = io.BytesIO()
     Image.fromarray(255 - test.images[0]).resize((112, 112)).save(buf, "PNG")
-    with TestClient(create_app(path)) as client:
+    with TestClient(create_app(path), base_url="http://localhost") as client:
         r = client.post("/api/predict", files={"file": ("d.png", buf.getvalue(), "image/png")})
         assert r.status_code == 200 and r.json()["label"] == test.classes[test.labels[0]]
 
