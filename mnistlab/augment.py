@@ -11,25 +11,7 @@ explicit parameters. Out-of-image pixels and erased rectangles take ``fill`` (0 
 when the batch is on the raw pixel scale, which is how ``BatchLoader`` calls it: augment
 first, normalize after).
 
-How the warp is done, and why (default affine, batch 256, full MNIST, torch 2.13 CPU on the
-shared 2-core dev box; ``python benchmarks/loader.py``, medians of 7 epochs, loader included;
-"2 threads" figures from a quiet moment, since with other processes busy they collapse):
-
-- the straightforward path, theta by a dozen tiny torch ops, then ``F.affine_grid`` +
-  ``F.grid_sample``: 173k images/s on 1 thread, 286k on 2. ``affine_grid`` (a batched
-  (784, 3) @ (3, 2) matmul) costs about twice ``grid_sample`` itself, and every tiny op pays
-  dispatch overhead.
-- a hand-written bilinear warp, 4 ``gather`` + 3 ``lerp`` on a zero-padded flattened image
-  with precomputed index math: 66k/s on 1 thread, 132k on 2; fetching all four corners with
-  one gather (a uint8 pixel's 2x2 neighbourhood packed into an int32) was only ~10% faster.
-  Both lose to ``grid_sample``'s fused, vectorized kernel: they make 15-20 passes over the
-  batch where it makes one.
-- chosen: per-sample 2x3 maps computed in NumPy float64 (tiny arrays, no torch dispatch),
-  with rotation, scale, shear, translation and the pixel-to-normalized change of coordinates
-  folded into one map; the grid, being linear in the map's 6 coefficients, is one
-  (B, 6) @ (6, H*W*2) matmul (~55 us vs ~370 us for ``affine_grid`` at B=256); the elastic
-  displacement is added to that grid; one ``grid_sample`` pass resamples (bilinear, zeros
-  outside). 305k images/s on 1 thread (1.77x), 461k on 2 (1.61x).
+How the warp is done, and why (the alternatives measured): docs/performance.md, "Augmentation".
 """
 
 from __future__ import annotations
