@@ -3,8 +3,8 @@ read-only folder; hostile checkpoint metadata, recipes and flags get one-line er
 
 docs/reliability.md lists each fault, the promise and the test; the counts it quotes come
 from `MNISTLAB_FAULTS=all pytest tests/test_faults.py -s -m slow` (each test prints its
-tally; without MNISTLAB_FAULTS=all each write point is killed once, in turn before, after
-or halfway through it).
+tally; without MNISTLAB_FAULTS=all every other write point is killed once, in turn before,
+after or halfway through it).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def test_a_kill_at_any_write_point_loses_nothing(tmp_path, capsys) -> None:
     modes = ("before", "after", "torn")
     if os.environ.get("MNISTLAB_FAULTS") == "all":  # every point in every mode (docs' counts)
         plan = [(k, w) for k in range(1, points + 1) for w in modes]
-    else:  # every point once, the modes taking turns (CI)
-        plan = [(k, modes[k % 3]) for k in range(1, points + 1)]
+    else:  # every other point, the modes taking turns (CI: each kill costs a process start)
+        plan = [(k, modes[k // 2 % 3]) for k in range(1, points + 1, 2)]
     for k, when in plan:
         name = f"kill-{k}-{when}"
         code, _ = train_child(tmp_path, name, k, when)
@@ -133,7 +133,7 @@ def test_a_kill_at_any_write_point_loses_nothing(tmp_path, capsys) -> None:
         recovered += 1
     print(f"\nkill -9: {points} write points, {tried} kills, {recovered} runs recovered "
           "bit-identical to the uninterrupted run, 0 tracebacks")
-    assert tried == recovered and tried >= 2 * points // 3
+    assert tried == recovered and tried >= 2 * len(plan) // 3
 
 
 # ------------------------------------------------------------------------- full disk
