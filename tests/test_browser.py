@@ -65,6 +65,7 @@ def browser():
         b.close()
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 def test_draw_a_digit_and_see_the_prediction(server_url: str, browser, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 900, "height": 640})
     problems: list[str] = []

@@ -44,6 +44,7 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, capsys) -> None:
     assert code == 0 and json.loads(out.splitlines()[0])["label"] == "3"
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 def test_numpy_engine_same_front_door(tmp_path: Path, capsys) -> None:
     from mnistlab.scratch import parallel
 

@@ -199,6 +199,7 @@ def test_where_the_run_goes_and_where_data_come_from(engine, tmp_path, capsys) -
         del data.REGISTRY[tiny.spec.name]
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_device_determinism_and_compile(engine, tmp_path, capsys, monkeypatch) -> None:
     settings = {**ENGINES[engine], "epochs": 1, "eval_test": False}
@@ -260,6 +261,7 @@ def test_protocol_round_trip(model: str) -> None:
         engine.build(model, {"no_such_argument": 1}, 10)
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(engine, tmp_path,
                                                                   monkeypatch) -> None:

@@ -378,6 +378,7 @@ def test_runs_dir_that_cannot_exist_is_one_line(tmp_path, capsys) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 def test_a_run_killed_in_its_first_epoch_resumes_or_restarts(tmp_path, capsys) -> None:
     """What a kill in epoch 1 leaves (config.json, run.json "running", part of
     metrics.jsonl, no checkpoint): `--resume` starts it over, saying so; the same command

@@ -183,6 +183,7 @@ def test_starts_from_pretrained_weights_which_beat_random_ones(parent, tmp_path)
 # ------------------------------------------------------------------------------ LoRA
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 def test_lora_merged_checkpoint_is_plain_and_matches(parent, tmp_path) -> None:
     pytest.importorskip("peft")
     ft = FinetuneConfig(str(parent), mode="lora", lora_rank=2, lora_alpha=4, merge=True)

@@ -59,6 +59,7 @@ def render(digit: np.ndarray, how: int, rng: np.random.Generator) -> Image.Image
     return img
 
 
+@pytest.mark.slow  # the fast lane's budget (pytest -m 'not slow', ~2 min)
 def test_round_trip_matches_tensor_accuracy(
     trained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
