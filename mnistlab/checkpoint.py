@@ -37,7 +37,8 @@ FORMAT = "mnistlab-checkpoint"
 FORMAT_VERSION = 1
 
 __all__ = ["CheckpointError", "Checkpoint", "load_checkpoint", "save_checkpoint", "base_meta",
-           "resolve", "read_meta", "validate_meta", "atomic_write_json", "atomic_write_bytes"]
+           "resolve", "read_meta", "validate_meta", "atomic_write_json", "atomic_write_bytes",
+           "plain_torch_problem"]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -403,6 +404,18 @@ class Checkpoint:
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return get_engine(self.engine).logits(self.model, x, batch_size)
+
+
+def plain_torch_problem(ck: Checkpoint, source: str | Path, verb: str) -> str | None:
+    """Why ``ck`` cannot be compressed or exported (``verb``: "compress", "export"): only a
+    PyTorch-engine checkpoint without LoRA adapters can. None when it can."""
+    if ck.engine != "torch":
+        return (f"{source}: a {ck.engine}-engine run ({ck.meta['model']}) cannot be "
+                f"{verb}ed; only PyTorch-engine runs can")
+    if ck.meta.get("adapter"):
+        return (f"{source}: has LoRA adapters; merge them first (mnistlab finetune ... "
+                f"--merge) and {verb} checkpoints/merged")
+    return None
 
 
 def load_checkpoint(path: str | Path, *, which: str = "best", device: str = "cpu",

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, plain_torch_problem
 from .errors import CheckpointError
 
 FORMATS = ("onnx", "torchscript")
@@ -164,12 +164,8 @@ def export(source: str | Path, format: str = "onnx", *, output: str | Path | Non
     if calibration < 1:
         raise ExportError(f"calibration: need at least 1 image, got {calibration}")
     ck = load_checkpoint(source)
-    if ck.engine != "torch":
-        raise ExportError(f"{source}: a {ck.engine}-engine run ({ck.meta['model']}) cannot be "
-                          "exported; export works on PyTorch-engine runs")
-    if ck.meta.get("adapter"):
-        raise ExportError(f"{source}: has LoRA adapters; merge them first (mnistlab finetune "
-                          "... --merge) and export checkpoints/merged")
+    if problem := plain_torch_problem(ck, source, "export"):
+        raise ExportError(problem)
     folder = (ck.path.parent.parent if ck.path.parent.name == "checkpoints"
               else ck.path.parent) / "export"
     x = check_images(ck, data_dir=data_dir) if check else None

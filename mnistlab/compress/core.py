@@ -30,6 +30,7 @@ from ..checkpoint import (
     atomic_write_json,
     base_meta,
     load_checkpoint,
+    plain_torch_problem,
     save_checkpoint,
 )
 from ..config import TrainConfig, build_config
@@ -115,12 +116,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def load_parent(source: str | Path) -> Checkpoint:
     """The parent checkpoint, refused if it cannot be compressed."""
     ck = load_checkpoint(source)
-    if ck.engine != "torch":
-        raise CompressError(f"{source}: a {ck.engine}-engine run ({ck.meta['model']}) cannot be "
-                            "compressed; compression works on PyTorch-engine runs")
-    if ck.meta.get("adapter"):
-        raise CompressError(f"{source}: has LoRA adapters; merge them first (mnistlab finetune "
-                            "... --merge) and compress checkpoints/merged")
+    if problem := plain_torch_problem(ck, source, "compress"):
+        raise CompressError(problem)
     return ck
 
 
