@@ -500,6 +500,24 @@ def test_distill_loss_averages_teachers_in_probability_space() -> None:
     assert abs(float(same)) < 1e-6
 
 
+def test_teachers_speak_through_their_calibration_temperature() -> None:
+    """A teacher trained with label smoothing has squeezed logits (fitted T ~0.5); its soft
+    targets are its logits divided by that temperature, on the scale of a calibrated one."""
+    from types import SimpleNamespace
+
+    from mnistlab.compress.distill import Teacher
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    x = torch.randn(4, 1, 28, 28)
+    raw = net(x).detach()
+    for t in (0.47, 1.0, 2.0):
+        ck = SimpleNamespace(meta={"normalization": {"mean": 0.0, "std": 1.0}}, engine="torch",
+                             model=net, temperature=t)
+        teacher = Teacher(ck, {"mean": 0.0, "std": 1.0}, torch.device("cpu"))
+        torch.testing.assert_close(teacher(x), raw / t)
+
+
 @pytest.mark.slow
 def test_distillation_improves_a_small_student(runs_5k: dict, tmp_path: Path) -> None:
     """A strong teacher (fast-cnn 32-32, 15 epochs with augmentation: ~99% on mnist-5k) and

@@ -5,8 +5,12 @@ predictions of one or more trained teachers as well as from the labels.
 
 p(T) = softmax(logits / T). A temperature T > 1 exposes how the teachers rank the wrong
 classes (a 7 that looks like a 1), which the labels do not say; T^2 keeps the soft term's
-gradients on the scale of the hard one's as T changes. Several teachers are averaged in
-probability space (an ensemble's prediction). Any registered torch model can be the
+gradients on the scale of the hard one's as T changes. Each teacher's logits are first
+divided by its calibration temperature (fitted on its validation split when it was trained,
+see calibrate.py), so that a teacher trained with label smoothing (under-confident: its raw
+logits are squeezed together) and one trained without speak on one scale; T then softens
+calibrated probabilities. Several teachers are averaged in probability space (an
+ensemble's prediction). Any registered torch model can be the
 student; it trains in the one training loop, which calls ``DistillLoss`` in place of
 cross-entropy (``Hooks(loss=...)``) on the same (augmented) batch the student sees.
 """
@@ -36,6 +40,7 @@ class Teacher:
 
     def __init__(self, ck: Checkpoint, student_norm: dict[str, float], device: torch.device):
         self.ck = ck
+        self.calibration = ck.temperature  # 1.0 for a run that was never calibrated
         t = ck.meta["normalization"]
         # x_student * std_s + mean_s = pixels in 0..1; then the teacher's own normalization
         self.a = student_norm["std"] / t["std"]
@@ -45,11 +50,12 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits: the model's, divided by its calibration temperature."""
         x = x * self.a + self.b
         if self.ck.engine == "torch":
-            return self.ck.model(x).float()
+            return self.ck.model(x).float() / self.calibration
         logits = self.ck.logits(x.cpu().numpy().astype(np.float32))  # NumPy engine
-        return torch.from_numpy(logits).to(x.device)
+        return torch.from_numpy(logits).to(x.device) / self.calibration
 
 
 class DistillLoss:
@@ -118,6 +124,7 @@ def distill(teachers: list[str | Path], cfg: TrainConfig, *, temperature: float 
     meta: dict[str, Any] = {"distill": {
         "temperature": temperature, "alpha": alpha,
         "teachers": [{"path": str(ck.path.resolve()), "model": ck.meta["model"],
+                      "calibration_temperature": ck.temperature,
                       "weights_sha256": ck.meta["weights"]["sha256"],
                       "metrics": ck.meta.get("metrics")} for ck in cks]}}
     log(f"distilling {len(cks)} teacher(s) ({', '.join(ck.meta['model'] for ck in cks)}) into "
