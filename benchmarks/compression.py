@@ -1,6 +1,6 @@
 """Compression and export: accuracy, size and speed of every technique, in one table.
 
-    python benchmarks/compression.py                      # the measured table (~25 min, 2 cores)
+    python benchmarks/compression.py --train-threads 2    # the measured table (~45 min, 2 cores)
     python benchmarks/compression.py --seed-cnn-run runs/A --quick-run runs/B   # reuse parents
     python benchmarks/compression.py --fast --no-latency  # smoke test on mnist-5k (~5 min)
 
@@ -21,12 +21,14 @@ half the channels + 1 epoch (a narrower net: latency falls in every runtime); qu
 in PyTorch and ONNX Runtime; and distillation of seed-cnn + quick into a small MLP against
 the same MLP trained alone (same recipe, same seed).
 
-All choices were fixed before looking at the test split, except two made after a reduced
-run (2026-12-01) had shown one-shot 95% + 1 epoch at -0.23 point: the gradual runs (95% and
-97% over 3 epochs, not tuned further) and calibrated teachers for distillation (a teacher
-trained with label smoothing gives squeezed soft targets). Accuracies are on the
-10,000-image MNIST test split. "max sparsity within 0.1" is read off the measured levels. Timings are
-medians of --reps calls on one image (batch 1) and of --reps/10 calls on 256 images, with
+All choices were fixed before looking at the test split, except three made after earlier
+runs: the gradual runs (95% and 97% over 3 epochs, not tuned further; a reduced run on
+2026-12-01 had one-shot 95% + 1 epoch at -0.23 point), calibrated teachers for distillation
+(a teacher trained with label smoothing gives squeezed soft targets) and 30 distillation
+epochs instead of 10 (after 10 the distilled student still underfit: training accuracy
+98.1% against 99.7% alone, validation 97.28% against 97.64%). Accuracies are on the
+10,000-image MNIST test split. "max sparsity within 0.1" is read off the measured levels
+(one-shot and gradual). Timings are medians of --reps calls on one image (batch 1) and of --reps/10 calls on 256 images, with
 --threads threads in every runtime, inputs already normalized (preprocessing excluded); the
 load average is printed with them. The last line is one JSON object with the headline keys.
 
@@ -231,7 +233,7 @@ def main() -> int:
                         "first half of them (default 3)")
     p.add_argument("--structured", type=float, default=0.5,
                    help="fraction of channels removed by structured pruning (0: skip)")
-    p.add_argument("--distill-epochs", type=int, default=10)
+    p.add_argument("--distill-epochs", type=int, default=30)
     p.add_argument("--reps", type=int, default=200, help="batch-1 timing calls (default 200)")
     p.add_argument("--no-latency", action="store_true", help="accuracy and size only")
     p.add_argument("--fast", action="store_true",
@@ -277,11 +279,13 @@ def main() -> int:
         q = ensure_compressed(runs, f"seed-cnn-{tag}-int8", run, args, quantize="int8", epochs=0)
         row, _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} + int8 weights (compact)", q)
         smallest.append(row)
+    gradual_rows: dict[float, Row] = {}
     for s in gradual:
         e, tag = args.gradual_epochs, f"gradual{round(100 * s)}e{args.gradual_epochs}"
         run = ensure_compressed(runs, f"seed-cnn-{tag}", seed_run, args, prune=s,
                                 schedule="gradual", epochs=e)
-        bench.torch_row("seed-cnn", f"pruned {s:.0%} gradual ({e} epochs)", run)
+        gradual_rows[s], _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} gradual ({e} epochs)",
+                                             run)
         q = ensure_compressed(runs, f"seed-cnn-{tag}-int8", run, args, quantize="int8", epochs=0)
         row, _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} gradual + int8 weights (compact)",
                                  q)
@@ -336,12 +340,14 @@ def main() -> int:
     onnx_fp32 = bench.logits[("seed-cnn", "fp32", "ONNX Runtime")]
     int8_key = ("seed-cnn", "fp32 + int8 static (all layers, calibrated)", "ONNX Runtime")
     int8_row = next(r for r in bench.rows if (r.model, r.technique, r.runtime) == int8_key)
-    within = [s for s, r in pruned.items() if r.acc - base.acc >= -0.1]
+    within = [s for rows in (pruned, gradual_rows) for s, r in rows.items()
+              if r.acc - base.acc >= -0.1]
     ok = [r for r in smallest if r.acc - base.acc >= -0.2]
     best_small = min(ok, key=lambda r: r.bytes) if ok else None
     exported = [r for r in bench.rows if r.model == "seed-cnn" and r.b1_ms and (
         r.technique.startswith("fp32") and r.runtime != "PyTorch eager")]
-    speedup = (base.b1_ms / min(r.b1_ms for r in exported)) if exported and base.b1_ms else None
+    fastest = min(exported, key=lambda r: r.b1_ms) if exported else None
+    speedup = base.b1_ms / fastest.b1_ms if fastest and base.b1_ms else None
     result = {
         "baseline_accuracy": round(base.acc, 2),
         "prune90_delta": round(pruned[0.9].acc - base.acc, 2) if 0.9 in pruned else None,
@@ -359,6 +365,11 @@ def main() -> int:
         print(f"\nsmallest file within 0.2 point: {best_small.technique}, {best_small.bytes:,} B "
               f"({best_small.ratio:.1f}x; anchors: Deep Compression 39x LeNet-5, 40x "
               f"LeNet-300-100)")
+    if speedup:
+        print(f"batch-1 latency of seed-cnn: PyTorch eager fp32 {base.b1_ms:.3f} ms; fastest "
+              f"export: {fastest.technique} in {fastest.runtime}, {fastest.b1_ms:.3f} ms "
+              f"({speedup:.2f}x); every export: " + ", ".join(
+                  f"{r.technique} in {r.runtime} {base.b1_ms / r.b1_ms:.2f}x" for r in exported))
     print(f"distillation: {alone.acc:.2f}% alone -> {distilled.acc:.2f}% distilled "
           f"({round(100 - alone.acc, 2) * len(test) / 100:.0f} -> "
           f"{round(100 - distilled.acc, 2) * len(test) / 100:.0f} errors; anchor: Hinton et al. "
