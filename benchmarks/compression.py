@@ -269,27 +269,24 @@ def main() -> int:
     bench.torch_row("seed-cnn", "int8 weights (compact file)", int8w)
 
     log("== seed-cnn: pruning")
-    pruned: dict[float, Row] = {}
-    smallest: list[Row] = []
-    for i, s in enumerate(levels):
-        tag = f"p{round(100 * s)}"
-        run = ensure_compressed(runs, f"seed-cnn-{tag}", seed_run, args, prune=s, epochs=1,
-                                sweep=(0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99) if i == 0 else ())
-        pruned[s], _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} (global, 1 epoch)", run)
+    smallest: list[Row] = []  # pruned + int8 files: the candidates for the smallest file
+
+    def pruned_and_int8(tag: str, name: str, detail: str, **kw: Any) -> Row:
+        """A pruned run (its row returned) and the same with int8 weights (into smallest)."""
+        run = ensure_compressed(runs, f"seed-cnn-{tag}", seed_run, args, **kw)
+        row, _ = bench.torch_row("seed-cnn", f"{name} {detail}", run)
         q = ensure_compressed(runs, f"seed-cnn-{tag}-int8", run, args, quantize="int8", epochs=0)
-        row, _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} + int8 weights (compact)", q)
-        smallest.append(row)
-    gradual_rows: dict[float, Row] = {}
-    for s in gradual:
-        e, tag = args.gradual_epochs, f"gradual{round(100 * s)}e{args.gradual_epochs}"
-        run = ensure_compressed(runs, f"seed-cnn-{tag}", seed_run, args, prune=s,
-                                schedule="gradual", epochs=e)
-        gradual_rows[s], _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} gradual ({e} epochs)",
-                                             run)
-        q = ensure_compressed(runs, f"seed-cnn-{tag}-int8", run, args, quantize="int8", epochs=0)
-        row, _ = bench.torch_row("seed-cnn", f"pruned {s:.0%} gradual + int8 weights (compact)",
-                                 q)
-        smallest.append(row)
+        smallest.append(bench.torch_row("seed-cnn", f"{name} + int8 weights (compact)", q)[0])
+        return row
+
+    sweep = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)  # reported once, with the first level
+    pruned = {s: pruned_and_int8(f"p{round(100 * s)}", f"pruned {s:.0%}", "(global, 1 epoch)",
+                                 prune=s, epochs=1, sweep=sweep if i == 0 else ())
+              for i, s in enumerate(levels)}
+    e = args.gradual_epochs
+    gradual_rows = {s: pruned_and_int8(f"gradual{round(100 * s)}e{e}", f"pruned {s:.0%} gradual",
+                                       f"({e} epochs)", prune=s, schedule="gradual", epochs=e)
+                    for s in gradual}
     if args.structured:
         s = args.structured
         run = ensure_compressed(runs, f"seed-cnn-s{round(100 * s)}", seed_run, args, prune=s,

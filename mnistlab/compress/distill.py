@@ -53,9 +53,10 @@ class Teacher:
         """Calibrated logits: the model's, divided by its calibration temperature."""
         x = x * self.a + self.b
         if self.ck.engine == "torch":
-            return self.ck.model(x).float() / self.calibration
-        logits = self.ck.logits(x.cpu().numpy().astype(np.float32))  # NumPy engine
-        return torch.from_numpy(logits).to(x.device) / self.calibration
+            logits = self.ck.model(x).float()
+        else:  # NumPy engine
+            logits = torch.from_numpy(self.ck.logits(x.cpu().numpy().astype(np.float32)))
+        return logits.to(x.device) / self.calibration
 
 
 class DistillLoss:
