@@ -46,6 +46,13 @@ MIME_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 WORK_SIDE = 1024  # larger images are box-averaged down first; the digit ends up 20 px anyway
+# The ink is first looked for on a copy area-averaged to at most COARSE_SIDE px, and kept when
+# the digit spans at least DIGIT_SIDE px there (4x the 20-px box: more detail than the final
+# antialiasing can use); otherwise it is looked for again at the size where it does, or at
+# full size. A 280x280 canvas is worked at 140x140, ~4x less work; a small digit on a large
+# page, or faint strokes that averaging would drown, at the full size as before.
+COARSE_SIDE = 160
+DIGIT_SIDE = 80
 SIZE = 28  # output field
 BOX = 20  # the digit's bounding box is scaled to fit BOX x BOX
 # Where MNIST puts the centre of mass, in pixel-index coordinates (row, col): measured on the
@@ -193,19 +200,42 @@ def to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 # ------------------------------------------------------------------------------ ink
 
 
+def _pad_edge(a: np.ndarray, r: int) -> np.ndarray:
+    """``np.pad(a, r, mode="edge")`` for a 2-D array, without its general machinery (which
+    costs more than the rest of a 3x3 mean on a small image)."""
+    h, w = a.shape
+    p = np.empty((h + 2 * r, w + 2 * r), a.dtype)
+    p[r : r + h, r : r + w] = a
+    p[:r, r : r + w] = a[0]
+    p[r + h :, r : r + w] = a[-1]
+    p[:, :r] = p[:, r : r + 1]
+    p[:, r + w :] = p[:, r + w - 1 : r + w]
+    return p
+
+
+def _pad_zero(a: np.ndarray, r: int) -> np.ndarray:
+    """``np.pad(a, r)`` (zeros) for a 2-D array, likewise."""
+    h, w = a.shape
+    p = np.zeros((h + 2 * r, w + 2 * r), a.dtype)
+    p[r : r + h, r : r + w] = a
+    return p
+
+
 def _shifted_sum(mask: np.ndarray, radius: int) -> np.ndarray:
     """For each pixel, how many pixels of ``mask`` lie in its (2r+1)^2 neighbourhood."""
-    p = np.pad(mask.astype(np.uint8), radius)
+    p = _pad_zero(mask.astype(np.uint8), radius)
     h, w = mask.shape
+    rows = np.zeros((h + 2 * radius, w), np.uint8)
+    for dx in range(2 * radius + 1):  # separable: along rows, then along columns
+        rows += p[:, dx : dx + w]
     out = np.zeros((h, w), np.uint8)
     for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            out += p[dy : dy + h, dx : dx + w]
+        out += rows[dy : dy + h]
     return out
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    p = np.pad(mask, radius)
+    p = _pad_zero(mask, radius)
     h, w = mask.shape
     rows = np.zeros((h + 2 * radius, w), bool)
     for dx in range(2 * radius + 1):  # separable: along rows, then along columns
@@ -217,10 +247,10 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
-    """3x3 mean (edges replicated)."""
-    p = np.pad(a, 1, mode="edge")
-    h, w = a.shape
-    return sum(p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
+    """3x3 mean (edges replicated); separable: along rows, then along columns."""
+    p = _pad_edge(a, 1)
+    rows = p[:, :-2] + p[:, 1:-1] + p[:, 2:]
+    return (rows[:-2] + rows[1:-1] + rows[2:]) / 9.0
 
 
 def _box(a: np.ndarray, k: int) -> np.ndarray:
@@ -229,7 +259,7 @@ def _box(a: np.ndarray, k: int) -> np.ndarray:
         return a
     r = k // 2
     s = np.zeros((a.shape[0] + k, a.shape[1] + k))
-    s[1:, 1:] = np.pad(a, r, mode="edge").astype(np.float64).cumsum(0).cumsum(1)
+    s[1:, 1:] = _pad_edge(a, r).astype(np.float64).cumsum(0).cumsum(1)
     return ((s[k:, k:] - s[:-k, k:] - s[k:, :-k] + s[:-k, :-k]) / (k * k)).astype(np.float32)
 
 
@@ -244,6 +274,26 @@ def _sweep(p: np.ndarray, k: int, op) -> np.ndarray:
     for d in range(1, k):
         res = op(res, out[:, d : d + w])
     return res
+
+
+def quantiles(a: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(a, qs)`` (its default 'linear' interpolation) from one partition:
+    the same values, without NumPy's general quantile machinery, which costs several times
+    more than the partition itself on the small arrays here."""
+    a = a.ravel()
+    n = a.size
+    pos = [q / 100 * (n - 1) for q in qs]
+    lows = [math.floor(x) for x in pos]
+    part = np.partition(a, sorted({i for lo in lows for i in (lo, min(lo + 1, n - 1))}))
+    out = []
+    for x, lo in zip(pos, lows):
+        v0, v1 = float(part[lo]), float(part[min(lo + 1, n - 1)])
+        out.append(v0 + (x - lo) * (v1 - v0))
+    return out
+
+
+def _median(a: np.ndarray) -> float:
+    return quantiles(a, (50,))[0]
 
 
 def _odd(v: float) -> int:
@@ -269,13 +319,13 @@ def noise_sigma(a: np.ndarray) -> float:
         a = a[::2, ::2]
     d = np.concatenate([(a[:, :-2] - 2 * a[:, 1:-1] + a[:, 2:]).ravel(),
                         (a[:-2] - 2 * a[1:-1] + a[2:]).ravel()])
-    return 1.4826 * float(np.median(np.abs(d))) / math.sqrt(6) if d.size else 0.0
+    return 1.4826 * _median(np.abs(d)) / math.sqrt(6) if d.size else 0.0
 
 
 def stroke_width(mask: np.ndarray) -> float:
     """Mean width of the strokes in a boolean (H, W) mask, pixels: 2 * area / perimeter
     (a stroke of length L and width w has area L w and perimeter ~2 L)."""
-    p = np.pad(mask, 1)
+    p = _pad_zero(mask, 1)
     inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     edge = int((mask & ~inner).sum())
     return 2.0 * float(mask.sum()) / max(edge, 1)
@@ -293,11 +343,11 @@ def background(ink: np.ndarray, size: int, paper: float, limit: float) -> np.nda
     a = np.asarray(Image.fromarray(ink.astype(np.float32), "F").reduce(f)) if f > 1 else ink
     k = _odd(size / f)
     r = k // 2
-    p = np.pad(a, r, mode="edge")
+    p = _pad_edge(a, r)
     ring = np.ones(p.shape, bool)
     ring[r:-r, r:-r] = False
     p[ring & (p > limit)] = paper
-    opened = _sweep(np.pad(_sweep(p, k, np.minimum), r, mode="edge"), k, np.maximum)
+    opened = _sweep(_pad_edge(_sweep(p, k, np.minimum), r), k, np.maximum)
     opened = _box(opened, k)
     if f == 1:
         return opened
@@ -323,11 +373,12 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None = None, *,
     lo, hi = float(smooth.min()), float(smooth.max())
     if hi - lo < MIN_CONTRAST:
         raise EmptyImageError("blank image: no ink stands out from the background")
+    paper = _median(border(smooth))  # the paper's level: what the border shows
     if invert is None:  # light paper: the border is nearer the light end than the dark one
-        invert = bool(float(np.median(border(smooth))) > (lo + hi) / 2)
+        invert = paper > (lo + hi) / 2
     ink = 1.0 - gray if invert else gray  # (H, W), ink high
     smooth = 1.0 - smooth if invert else smooth
-    paper = float(np.median(border(smooth)))  # (the ring of the ink-high copy)
+    paper = 1.0 - paper if invert else paper
     contrast = float(smooth.max()) - paper
     sigma = noise_sigma(ink)
     if contrast < max(MIN_CONTRAST, MIN_SNR * sigma):
@@ -338,9 +389,9 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None = None, *,
     # strokes are removed by an opening ~2.5x their width (soft edges too) and what is left
     # is subtracted, but never more than half the contrast.
     limit = paper + 0.5 * contrast
-    ring = border(smooth)
+    ring_lo, ring_hi = quantiles(border(smooth), (5, 95))
     bg: float | np.ndarray = paper
-    if float(np.percentile(ring, 95) - np.percentile(ring, 5)) > 0.1 * contrast + 2 * sigma:
+    if ring_hi - ring_lo > 0.1 * contrast + 2 * sigma:
         size = _odd(min(2.5 * stroke_width(smooth > limit) + 2, max(ink.shape) / 2))
         bg = np.minimum(background(smooth, size, paper, limit), limit)
     k = _odd(sigma / NOISE_LEVEL)  # denoise: white noise falls as 1/k under a k x k mean
@@ -351,12 +402,12 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None = None, *,
     positive = x[x > 0]
     if positive.size == 0:
         raise EmptyImageError("blank image: no ink stands out from the background")
-    peak = float(np.percentile(positive, 99))
+    peak = quantiles(positive, (99,))[0]
     mask = x > max(0.3 * peak, MIN_CONTRAST)
     mask &= _shifted_sum(mask, 1) >= 3  # itself + 2 neighbours
     if not mask.any():
         raise EmptyImageError("blank image: only isolated specks, no strokes")
-    peak = float(np.percentile(x[mask], 99))  # the strokes' own level, not a stray speck's
+    peak = quantiles(x[mask], (99,))[0]  # the strokes' own level, not a stray speck's
     if peak < MIN_CONTRAST:
         raise EmptyImageError("blank image: no ink stands out from the background")
     # Keep the antialiased fringe next to strokes (wider on big images, where soft edges
@@ -395,7 +446,7 @@ def mnist_layout(ink: np.ndarray) -> np.ndarray:
     # MNIST digits at least a quarter of the ink pixels are saturated (median 40%). Stretch
     # once more at the final size, where averaging has removed the noise, so that the
     # brightest quarter of the ink is full: soft, upscaled or thin strokes come out as MNIST's.
-    top = float(np.percentile(digit[digit > 0.1 * top], 100 * (1 - FULL_INK_SHARE)))
+    top = quantiles(digit[digit > 0.1 * top], (100 * (1 - FULL_INK_SHARE),))[0]
     digit = np.minimum(digit / top, 1.0)
 
     # Integer translation, as MNIST did: no resampling blur. Clip what falls outside.
@@ -408,6 +459,37 @@ def mnist_layout(ink: np.ndarray) -> np.ndarray:
     return out
 
 
+def _reduced(a: np.ndarray | None, factor: int) -> np.ndarray | None:
+    """(H, W) float32 area-averaged by ``factor`` (edge blocks averaged over what they hold)."""
+    if a is None or factor == 1:
+        return a
+    return np.asarray(Image.fromarray(a.astype(np.float32, copy=False), "F").reduce(factor))
+
+
+def ink_side(ink: np.ndarray) -> int:
+    """The longer side of the bounding box of the ink (what ``mnist_layout`` crops), px."""
+    on = ink > _BBOX_LEVEL
+    ys, xs = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+    return int(max(ys[-1] - ys[0], xs[-1] - xs[0])) + 1 if ys.size else 0
+
+
+def working_ink(gray: np.ndarray, alpha: np.ndarray | None = None, *,
+                invert: bool | None = None) -> np.ndarray:
+    """``ink_map`` at the smallest working size that keeps the digit ``DIGIT_SIDE`` px long
+    (see ``COARSE_SIDE``): the ink of a large image, at a size in between or at full size."""
+    factor = math.ceil(max(gray.shape) / COARSE_SIDE)
+    if factor > 1:
+        try:
+            ink = ink_map(_reduced(gray, factor), _reduced(alpha, factor), invert=invert)
+            side = ink_side(ink)
+            if side >= DIGIT_SIDE:
+                return ink
+            factor = max(1, side * factor // DIGIT_SIDE)
+        except EmptyImageError:  # faint or thin strokes may average away: look at full size
+            factor = 1
+    return ink_map(_reduced(gray, factor), _reduced(alpha, factor), invert=invert)
+
+
 def preprocess_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS,
                      invert: bool | None = None) -> np.ndarray:
     """Any image (bytes, path or PIL image) -> (28, 28) float32 in 0..1, ink high, laid out
@@ -415,7 +497,7 @@ def preprocess_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS,
     ``UnreadableImageError``, ``ImageTooLargeError`` or ``EmptyImageError``."""
     img = open_image(src, max_pixels=max_pixels)
     gray, alpha = to_gray(img)
-    return mnist_layout(ink_map(gray, alpha, invert=invert))
+    return mnist_layout(working_ink(gray, alpha, invert=invert))
 
 
 def to_png(image01: np.ndarray) -> bytes:

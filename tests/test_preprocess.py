@@ -25,8 +25,16 @@ from mnistlab.preprocess import (
     ImageTooLargeError,
     PreprocessError,
     UnreadableImageError,
+    COARSE_SIDE,
+    DIGIT_SIDE,
     center_of_mass,
+    ink_map,
+    ink_side,
+    mnist_layout,
     preprocess_image,
+    quantiles,
+    to_gray,
+    working_ink,
 )
 
 # Strokes of a few digits in a unit box (x, y), y down; the box is 0.6 wide per 1 tall.
@@ -219,6 +227,47 @@ def test_mnist_digit_is_a_fixed_point() -> None:
     assert np.abs(again - x).max() <= 0.025  # only the faintest fringe (< 2%) is dropped
     on_white = Image.fromarray(255 - u8).resize((112, 112), Image.Resampling.BICUBIC)
     assert np.abs(preprocess_image(on_white) - x).mean() < 0.04
+
+
+def test_large_images_are_worked_at_the_smallest_size_that_keeps_the_digit() -> None:
+    # A digit filling a 280x280 canvas (the drawing page's): found on a copy area-averaged
+    # to 140x140, where it still spans more than DIGIT_SIDE px; the result is the full-size
+    # one up to resampling.
+    big = draw_digit("4", height=220, stroke=22, canvas=(280, 280), at=(70, 30))
+    gray, alpha = to_gray(gray_img(big))
+    ink = working_ink(gray, alpha)
+    assert max(ink.shape) <= COARSE_SIDE and ink_side(ink) >= DIGIT_SIDE, ink.shape
+    full = mnist_layout(ink_map(gray, alpha))
+    assert np.abs(mnist_layout(ink) - full).mean() < 0.01
+    assert similar(mnist_layout(ink), full) > 0.99
+
+    # A small digit on a large page would shrink below DIGIT_SIDE on that copy: it is looked
+    # for again at the size that keeps it DIGIT_SIDE px long (here the full size).
+    small = draw_digit("7", height=60, stroke=5, canvas=(600, 450), at=(400, 300))
+    gray, alpha = to_gray(gray_img(small))
+    ink = working_ink(gray, alpha)
+    assert ink.shape == gray.shape
+    np.testing.assert_array_equal(ink, ink_map(gray, alpha))
+    mid = draw_digit("7", height=300, stroke=20, canvas=(900, 900), at=(300, 300))
+    ink = working_ink(*to_gray(gray_img(mid)))
+    assert DIGIT_SIDE <= ink_side(ink) < 2 * DIGIT_SIDE and ink.shape[0] > COARSE_SIDE
+
+    # Faint 1-px strokes that averaging would drown below the contrast floor are looked
+    # for at full size instead of being refused.
+    faint = draw_digit("1", height=200, stroke=1, canvas=(400, 400), at=(150, 100),
+                       ink=0.6, paper=0.95, ss=1)
+    gray, alpha = to_gray(gray_img(faint))
+    with pytest.raises(EmptyImageError):
+        ink_map(*to_gray(gray_img(faint).reduce(3)))
+    assert_mnist_layout(mnist_layout(working_ink(gray, alpha)))
+
+
+@given(st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=300),
+       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_quantiles_are_numpys(values: list[float], qs: list[float]) -> None:
+    a = np.asarray(values, np.float32)
+    np.testing.assert_allclose(quantiles(a, tuple(qs)), np.percentile(a, qs), rtol=1e-6,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])

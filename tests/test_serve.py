@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -169,15 +171,17 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(client: TestClie
 
 
 def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> None:
-    app = create_app(trained_checkpoint)
-    predictor = app.state.predictor
-    original_preprocess, original_arrays = predictor.preprocess, predictor.predict_arrays
+    # preprocessing in threads, so that a slow one can be put in (worker processes are
+    # checked below: they run the same function)
+    app = create_app(trained_checkpoint, worker_kind="thread")
+    predictor, workers = app.state.predictor, app.state.workers
+    original_prepare, original_arrays = workers.prepare, predictor.predict_arrays
     seen_threads: list[str] = []
 
-    def slow_preprocess(*args, **kwargs):
+    def slow_prepare(*args, **kwargs):
         seen_threads.append(threading.current_thread().name)
         time.sleep(1.5)
-        return original_preprocess(*args, **kwargs)
+        return original_prepare(*args, **kwargs)
 
     def predict_arrays(*args, **kwargs):
         seen_threads.append(threading.current_thread().name)
@@ -185,7 +189,7 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
 
     with TestClient(app, base_url="http://localhost") as c:
         # instance attributes shadow the methods (after the start-up check has run)
-        predictor.preprocess, predictor.predict_arrays = slow_preprocess, predict_arrays
+        workers.prepare, predictor.predict_arrays = slow_prepare, predict_arrays
         results: dict[str, int] = {}
         t = threading.Thread(target=lambda: results.setdefault(
             "predict", c.post("/api/predict", content=DIGIT,
@@ -201,6 +205,36 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
     assert health_s < 1.0, f"health waited {health_s:.2f} s behind a running prediction"
     assert seen_threads[0].startswith("mnistlab-preprocess")
     assert seen_threads[1].startswith("mnistlab-inference")
+
+
+def _die(content_type: str, body: bytes) -> None:
+    """A preprocessing step that crashes its worker process (as a decoder bug would)."""
+    os._exit(3)
+
+
+def test_a_dead_preprocessing_worker_is_replaced(trained_checkpoint: Path) -> None:
+    app = create_app(trained_checkpoint, workers=1)  # worker processes (the default kind)
+    workers = app.state.workers
+    post = lambda c: c.post("/api/predict", content=DIGIT,  # noqa: E731
+                            headers={"content-type": "image/png"})
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
+        r = post(c)
+        assert r.status_code == 200
+        check_prediction(r.json(), DIGIT)  # the same input as preprocessing here
+        first = workers.pool.submit(os.getpid).result()
+        assert first != os.getpid()  # the work is done in another process
+
+        os.kill(first, signal.SIGKILL)  # killed between requests: the next one is served
+        r = post(c)
+        assert r.status_code == 200 and r.json()["label"] == "7", r.text
+        assert workers.pools_replaced == 1
+        assert workers.pool.submit(os.getpid).result() not in (first, os.getpid())
+
+        workers.prepare, prepare = _die, workers.prepare  # dies on this request, twice
+        assert_error(post(c), 500, "worker_died")
+        assert workers.pools_replaced == 3
+        workers.prepare = prepare
+        assert post(c).status_code == 200  # and the server carries on
 
 
 # ------------------------------------------------------------------------------ fuzz

@@ -145,7 +145,7 @@ def test_concurrent_requests_share_a_forward_pass_and_get_the_one_at_a_time_answ
         trained_checkpoint: Path) -> None:
     pngs = [canvas_png(d) for d in mnist_test_digits(8)[0]]
     top_ks = [1 + i % 4 for i in range(8)]
-    app = create_app(trained_checkpoint, max_batch=8, batch_window_ms=300, threads=2)
+    app = create_app(trained_checkpoint, max_batch=8, batch_window_ms=300, workers=2)
 
     def post(c: TestClient, i: int) -> dict:
         r = c.post(f"/api/predict?top_k={top_ks[i]}",

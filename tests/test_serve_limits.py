@@ -211,18 +211,19 @@ def test_a_slowly_sent_body_is_cut_off_with_408(trained_checkpoint: Path) -> Non
 
 
 def test_requests_in_progress_are_bounded(trained_checkpoint: Path) -> None:
-    app = create_app(trained_checkpoint, max_concurrent=2, threads=2)
-    predictor = app.state.predictor
-    original = predictor.preprocess
+    # preprocessing in threads, so that it can be held here
+    app = create_app(trained_checkpoint, max_concurrent=2, workers=2, worker_kind="thread")
+    workers = app.state.workers
+    original = workers.prepare
     gate, entered = threading.Event(), threading.Semaphore(0)
 
-    def held(image):
+    def held(*args):
         entered.release()
         gate.wait(30)
-        return original(image)
+        return original(*args)
 
     with TestClient(app, base_url=LOCAL) as c:
-        predictor.preprocess = held  # after the start-up check
+        workers.prepare = held
         codes: list[int] = []
         post = lambda: codes.append(c.post(  # noqa: E731
             "/api/predict", content=DIGIT, headers={"content-type": "image/png"}).status_code)
@@ -289,7 +290,7 @@ BAD_FLAGS = [
     (["--body-timeout", "inf"], "--body-timeout: must be a finite number"),
     (["--max-concurrent", "-3"], "--max-concurrent: must be in 1..100000"),
     (["--max-connections", "0"], "--max-connections: must be in 1..100000"),
-    (["--threads", "0"], "--threads: must be in 1..256"),
+    (["--workers", "0"], "--workers: must be in 1..256"),
     (["--max-batch", "0"], "--max-batch: must be in 1..128"),
     (["--batch-window-ms", "-1"], "--batch-window-ms: must be in 0..1000"),
     (["--allowed-host", "evil.example/x"], "--allowed-host: 'evil.example/x' is not a host"),

@@ -10,7 +10,7 @@ import sys
 from ..limits import DEFAULT_THRESHOLD
 from ..limits import SERVE_MAX_PIXELS as MAX_PIXELS
 from ..limits import SERVE_MAX_UPLOAD_BYTES as MAX_UPLOAD_BYTES
-from ..serve.options import ServeOptions, hosts_for
+from ..serve.options import WORKER_KINDS, ServeOptions, hosts_for
 from .common import command
 
 _D = ServeOptions()
@@ -46,9 +46,13 @@ def register(sub) -> None:
     g.add_argument("--max-connections", type=int, default=_D.max_connections, metavar="N",
                    help="open connections (and connections waiting to be accepted)")
     g = p.add_argument_group("work")
-    g.add_argument("--threads", type=int, default=None,
-                   help="preprocessing threads (default: CPU count, at most 4)")
-    g.add_argument("--workers", dest="threads", type=int, help=argparse.SUPPRESS)  # old name
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="preprocessing workers (default: CPU count, at most 4)")
+    g.add_argument("--threads", dest="workers", type=int, help=argparse.SUPPRESS)  # old name
+    g.add_argument("--worker-kind", choices=WORKER_KINDS, default=_D.worker_kind,
+                   help="process: preprocess in worker processes, in parallel on every core "
+                   "(default); thread: in threads of the server process, which share one "
+                   "interpreter lock (less memory, no start-up)")
     g.add_argument("--max-batch", type=int, default=_D.max_batch, metavar="N",
                    help="images classified together in one forward pass, at most")
     g.add_argument("--batch-window-ms", type=float, default=_D.batch_window_ms, metavar="MS",
@@ -78,7 +82,8 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         max_upload_bytes=int(mb * 2**20), max_pixels=args.max_pixels,
         body_timeout=args.body_timeout, max_concurrent=args.max_concurrent,
-        max_connections=args.max_connections, threads=args.threads,
+        max_connections=args.max_connections, workers=args.workers,
+        worker_kind=args.worker_kind,
         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
         allowed_hosts=allowed, allow_ip_hosts=allow_ip, docs=args.docs,
         expose_versions=args.expose_versions)

@@ -201,7 +201,7 @@ def image_to_mnist(path: Path) -> np.ndarray:
                 border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
                 ink = 1.0 - gray if np.median(border) > 0.5 else gray
         else:
-            ink = pp.mnist_layout(pp.ink_map(gray, alpha))
+            ink = pp.mnist_layout(pp.working_ink(gray, alpha))
     except pp.PreprocessError as e:
         message = str(e)
         raise DataError(message if message.startswith(str(path)) else f"{path}: {message}"

@@ -12,7 +12,9 @@ Every bad request is answered with a 4xx and ``{"error": CODE, "message": TEXT}`
 How a prediction is served (the event loop only moves bytes and futures):
 
     body read with a byte limit and a deadline (413, 408)
-    -> preprocessing thread pool: image bytes out of the body, decode, 28x28 (4xx errors)
+    -> preprocessing workers (processes by default; bodies.prepare_image): image bytes out
+       of the body, decode, 28x28 (4xx errors). A worker process that dies (a decoder crash)
+       is replaced and the requests it held are tried once more on the new ones.
     -> micro-batcher (batching.py): images of concurrent requests, one forward pass on one
        inference thread, padded so that a digit's answer never depends on its company
     -> JSON
@@ -25,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import logging
+import multiprocessing
 import re
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,15 +48,9 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import ConfigError
 from ..predict import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Prediction, Predictor
-from ..preprocess import (
-    MIME_TYPES,
-    EmptyImageError,
-    ImageTooLargeError,
-    PreprocessError,
-    to_png,
-)
+from ..preprocess import MIME_TYPES
 from .batching import PAD_MULTIPLES, MicroBatcher, batch_invariant, padded_size
-from .bodies import ApiError, accepted_media, extract_image
+from .bodies import ApiError, accepted_media, prepare_image
 from .guards import Guard
 from .options import ServeOptions
 
@@ -177,15 +175,49 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
 
 
 class Workers:
-    """The preprocessing thread pool, the inference thread and the micro-batcher: started
-    with the app (or on first use), closed at shutdown."""
+    """The preprocessing workers, the inference thread and the micro-batcher: started with
+    the app (or on first use), closed at shutdown."""
 
     def __init__(self, predictor: Predictor, opts: ServeOptions):
         self.predictor, self.opts = predictor, opts
         self.multiple = PAD_MULTIPLES[0]  # batches are padded to a multiple of this
         self.batcher: MicroBatcher[np.ndarray, Prediction] | None = None
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: Executor | None = None
         self.inference: ThreadPoolExecutor | None = None
+        self.prepare = functools.partial(prepare_image, max_upload_bytes=opts.max_upload_bytes,
+                                         max_pixels=opts.max_pixels)
+        self.pools_replaced = 0
+
+    def _new_pool(self) -> Executor:
+        n = self.opts.preprocess_workers
+        if self.opts.worker_kind == "thread":
+            return ThreadPoolExecutor(n, "mnistlab-preprocess")
+        # spawn, not fork: this process runs torch's and uvicorn's threads already
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(n):  # start them all now rather than on the first requests
+            pool.submit(int)
+        return pool
+
+    async def preprocess(self, content_type: str, body: bytes) -> tuple[np.ndarray, bytes]:
+        """A request body -> (the (28, 28) input, its PNG), in a worker. If the worker
+        process dies meanwhile, the pool (broken for every request it held) is replaced
+        and the body tried once more; a second death is a 500."""
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            pool = self.pool
+            try:
+                return await loop.run_in_executor(pool, self.prepare, content_type, body)
+            except BrokenExecutor:
+                if self.pool is pool:  # the first request to notice replaces it
+                    log.error("a preprocessing worker died; starting new ones")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool = self._new_pool()
+                    self.pools_replaced += 1
+                if attempt == 2:
+                    raise ApiError(500, "worker_died", "the preprocessing worker died while "
+                                   "handling this image (twice); it may crash the decoder"
+                                   ) from None
+        raise AssertionError("unreachable")
 
     def _init_inference_thread(self) -> None:
         # One image or a small batch gains nothing from intra-op threads and loses much to
@@ -209,7 +241,7 @@ class Workers:
     def start(self) -> None:
         if self.batcher is not None:
             return
-        self.pool = ThreadPoolExecutor(self.opts.preprocess_threads, "mnistlab-preprocess")
+        self.pool = self._new_pool()
         self.inference = ThreadPoolExecutor(1, "mnistlab-inference",
                                             initializer=self._init_inference_thread)
         # Checked on the inference thread itself: kernels may depend on its thread count.
@@ -289,19 +321,6 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
     app.add_middleware(Guard, allowed_hosts=opts.allowed_hosts,
                        allow_ip_hosts=opts.allow_ip_hosts, max_concurrent=opts.max_concurrent)
 
-    def prepare(content_type: str, body: bytes) -> tuple[np.ndarray, bytes]:
-        """Body -> (the (28, 28) input, its PNG); runs in the preprocessing pool."""
-        image = extract_image(content_type, body, opts.max_upload_bytes)
-        try:
-            x = predictor.preprocess(image)
-        except ImageTooLargeError as e:
-            raise ApiError(413, "image_too_large", str(e)) from None
-        except EmptyImageError as e:
-            raise ApiError(422, "blank_image", str(e)) from None
-        except PreprocessError as e:
-            raise ApiError(400, "unreadable_image", str(e)) from None
-        return x, to_png(x)
-
     # -------------------------------------------------------------- errors: always JSON
 
     def error(status: int, code: str, message: str,
@@ -371,8 +390,7 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
                            "(field 'file'), application/json ({'image': base64}) or image/*")
         body = await read_body(request, body_limit, opts.body_timeout)
         workers.start()  # no-op once the lifespan has started them
-        loop = asyncio.get_running_loop()
-        x, png = await loop.run_in_executor(workers.pool, prepare, content_type, body)
+        x, png = await workers.preprocess(content_type, body)
         pred = await workers.batcher.submit(x)
         k = predictor.top_k if top_k is None else top_k
         pred = dataclasses.replace(pred, top_k=pred.top_k[:k])

@@ -1,6 +1,8 @@
-"""From a request body to image bytes: multipart (field ``file``), JSON ``{"image":
-base64 or data URL}``, or the raw bytes with an ``image/*`` type. Plain functions on bytes
-already read (with a size limit), so they run in a worker thread, off the event loop.
+"""From a request body to the model's input: the image bytes out of multipart (field
+``file``), JSON ``{"image": base64 or data URL}`` or a raw ``image/*`` body, then the one
+preprocessing path (preprocess.py). Plain functions on bytes already read (with a size
+limit), so they run in a preprocessing worker (a process, or a thread), off the event loop;
+this module imports neither FastAPI nor torch, so a worker process starts light.
 
 Each refusal is an ``ApiError`` with the status, a stable code and a message for people.
 """
@@ -11,9 +13,17 @@ import base64
 import binascii
 import json
 
+import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..preprocess import MIME_TYPES
+from ..preprocess import (
+    MIME_TYPES,
+    EmptyImageError,
+    ImageTooLargeError,
+    PreprocessError,
+    preprocess_image,
+    to_png,
+)
 
 MAX_PARTS = 16  # multipart parts in one request
 
@@ -24,6 +34,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers
+
+    def __reduce__(self):  # raised in a preprocessing process, re-raised in the server's
+        return ApiError, (self.status, self.code, self.message, self.headers)
 
 
 def accepted_media(mime: str) -> bool:
@@ -52,6 +65,22 @@ def extract_image(content_type: str, body: bytes, max_upload_bytes: int) -> byte
         raise ApiError(413, "payload_too_large",
                        f"image of {len(image):,} bytes is over the {max_upload_bytes:,} limit")
     return image
+
+
+def prepare_image(content_type: str, body: bytes, *, max_upload_bytes: int,
+                  max_pixels: int) -> tuple[np.ndarray, bytes]:
+    """A request body -> (the (28, 28) model input, that input as a PNG); every bad body or
+    image is an ``ApiError`` (413 too large, 422 blank, 400 unreadable, ...)."""
+    image = extract_image(content_type, body, max_upload_bytes)
+    try:
+        x = preprocess_image(image, max_pixels=max_pixels)
+    except ImageTooLargeError as e:
+        raise ApiError(413, "image_too_large", str(e)) from None
+    except EmptyImageError as e:
+        raise ApiError(422, "blank_image", str(e)) from None
+    except PreprocessError as e:
+        raise ApiError(400, "unreadable_image", str(e)) from None
+    return x, to_png(x)
 
 
 # ------------------------------------------------------------------------------ multipart
