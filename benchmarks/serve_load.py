@@ -20,8 +20,9 @@ The in-process floor is ``Predictor.predict_one`` on the same images (preprocess
 inference, no HTTP, one torch thread). Without a checkpoint a tiny MLP is trained first (a
 few seconds; full MNIST if MNISTLAB_DATA_DIR is set, else mnist-5k). The last line printed
 is one JSON object: requests, errors, p50_ms, p99_ms, requests_per_s, inprocess_p50_ms,
-inprocess_cpu_ms, server_cpu_ms_per_request, client_cpu_ms_per_request, mean_batch (from the server's log),
-cpus, loadavg_before, loadavg_after.
+inprocess_cpu_ms, server_cpu_ms_per_request (server_main_cpu_ms_per_request: of which the
+server process itself, the rest being its preprocessing workers), client_cpu_ms_per_request,
+mean_batch (from the server's log), cpus, loadavg_before, loadavg_after.
 """
 
 from __future__ import annotations
@@ -137,14 +138,24 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
     raise SystemExit(f"server not healthy after {timeout:.0f} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the process ``pid`` alone (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime
+
+
+def own_cpu_seconds(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def tree_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc; None
     elsewhere)."""
-
-    def own(p: int) -> float:
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime
+    own = cpu_seconds
 
     def children(p: int) -> list[int]:
         try:
@@ -241,7 +252,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=300, help="seconds for the load phase")
     ap.add_argument("--images", type=int, default=100, help="distinct digits to cycle through")
     ap.add_argument("--server-args", default="", help="extra flags for `mnistlab serve`, "
-                    "e.g. \"--max-batch 1\" (no micro-batching) or \"--threads 2\"")
+                    "e.g. \"--max-batch 1\" (no micro-batching), \"--worker-kind thread\" or "
+                    "\"--runtime onnx\"")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="serve_load-")
@@ -280,10 +292,12 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{port}", proc, log)
         requests = [request_bytes(p, port) for p in payloads]
         run_load(port, requests, min(200, args.requests), args.concurrency, 60)  # warm-up
-        cpu0, client0 = tree_cpu_seconds(proc.pid), time.process_time()
+        cpu0, main0, client0 = (tree_cpu_seconds(proc.pid), own_cpu_seconds(proc.pid),
+                                time.process_time())
         latencies, errors, sent, wall = run_load(port, requests, args.requests,
                                                  args.concurrency, args.time_limit)
-        cpu1, client1 = tree_cpu_seconds(proc.pid), time.process_time()
+        cpu1, main1, client1 = (tree_cpu_seconds(proc.pid), own_cpu_seconds(proc.pid),
+                                time.process_time())
     finally:
         proc.terminate()
         try:
@@ -306,6 +320,9 @@ def main() -> None:
         "inprocess_p50_ms": round(statistics.median(inproc) * 1000, 2),
         "inprocess_cpu_ms": round(inproc_cpu_ms, 3),  # CPU time of one predict_one
         "server_cpu_ms_per_request": per_request(cpu0, cpu1),
+        # of which the server process itself (HTTP, batching, the model); the rest is its
+        # preprocessing worker processes
+        "server_main_cpu_ms_per_request": per_request(main0, main1),
         "client_cpu_ms_per_request": per_request(client0, client1),
         # over the warm-up and the measured load together
         "mean_batch": round(int(batches[-1][0]) / int(batches[-1][1]), 2) if batches else None,
@@ -316,7 +333,8 @@ def main() -> None:
     print(f"server: {sent} requests over {args.concurrency} connections in {wall:.1f} s, "
           f"{len(errors)} errors; p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
           f"{result['requests_per_s']} requests/s; server CPU "
-          f"{result['server_cpu_ms_per_request']} ms/request, client CPU "
+          f"{result['server_cpu_ms_per_request']} ms/request (its main process "
+          f"{result['server_main_cpu_ms_per_request']}), client CPU "
           f"{result['client_cpu_ms_per_request']} ms/request, mean batch "
           f"{result['mean_batch']}  ({result['cpus']} CPUs shared by client and server; load "
           f"average {loadavg_before:.1f} before, {loadavg_after:.1f} after)")
