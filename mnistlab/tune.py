@@ -181,6 +181,26 @@ def apply(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     return base.replace(**fields_)
 
 
+def base_params(space: list[Param], base: TrainConfig) -> dict[str, Any] | None:
+    """The base recipe's own values of the searched settings, as Optuna stores them (a
+    choice as its JSON text), or None when one lies outside the space."""
+    cfg = json.loads(json.dumps(base.to_dict()))
+    out: dict[str, Any] = {}
+    for p in space:
+        key = p.name.removeprefix("model_args.")
+        value = (cfg.get("model_args") or {}).get(key) if key != p.name else cfg.get(p.name)
+        if p.choices is not None:
+            out[p.name] = json.dumps(value, sort_keys=True)
+            if out[p.name] not in p.choices:
+                return None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not p.low <= value <= p.high or (p.is_int and value != int(value)):
+            return None
+        else:
+            out[p.name] = int(value) if p.is_int else float(value)
+    return out
+
+
 def check_space(space: list[Param], base: TrainConfig) -> None:
     """Every value a param can take fits its field (bounds, choices, type); every model
     argument is one the model takes. Settings that depend on each other (``momentum`` only
@@ -286,10 +306,13 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
          storage: str | None = None, timeout: float | None = None, metric: str = "val_acc",
          pruner: str = "median", heartbeat: int = 30, retries: int = 1,
          sampler_seed: int | None = None, command: str = "", space_path: str = "",
-         log: Callable[[str], None] = print, train_log: Callable[[str], None] | None = None
-         ) -> TuneResult:
+         base_trial: bool = True, log: Callable[[str], None] = print,
+         train_log: Callable[[str], None] | None = None) -> TuneResult:
     """Run trials of ``base`` + ``space`` until the study holds ``trials`` finished ones (or
-    ``timeout`` seconds pass), then write the study's report. See the module docstring."""
+    ``timeout`` seconds pass), then write the study's report. See the module docstring.
+
+    ``base_trial``: the base recipe's own values are queued as a trial (once per study, when
+    they lie in the space), so the search is measured against where it started."""
     from . import training
 
     optuna = _optuna()
@@ -350,6 +373,14 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
     log(f"study {study_name!r} in {shown_url(url)}: {metric} ({METRICS[metric]}), {pruner} "
         f"pruning, trials in {directory}")
     log("search: " + "; ".join(p.describe() for p in space))
+    if base_trial:
+        params = base_params(space, base)
+        if params is None:
+            log("the base recipe's values lie outside the space: not queued as a trial")
+        elif not any(t.params == params for t in study.get_trials(deepcopy=False)):
+            # skip_if_exists: also when another worker has queued it (and not yet started it)
+            study.enqueue_trial(params, user_attrs={"base": True}, skip_if_exists=True)
+            log("the base recipe's own values are queued as a trial")
 
     # --- one trial: the recipe with the sampled values, trained on train, scored on val
     def objective(trial: Any) -> float:

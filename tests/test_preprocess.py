@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw
 from mnistlab import data
 from mnistlab.handwriting import STYLES, render, render_set
 from mnistlab.preprocess import (
+    COARSE_SIDE,
+    DIGIT_SIDE,
     EmptyImageError,
     ImageTooLargeError,
     PreprocessError,
     UnreadableImageError,
-    COARSE_SIDE,
-    DIGIT_SIDE,
     center_of_mass,
     ink_map,
     ink_side,

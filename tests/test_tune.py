@@ -120,6 +120,18 @@ def test_cli_refuses_before_any_trial(tmp_path: Path, capsys, monkeypatch, space
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
+def test_the_base_recipe_is_a_trial_when_it_lies_in_the_space(tmp_path: Path) -> None:
+    space = tune.load_space(write(tmp_path / "s.toml", SPACE))
+    base = TrainConfig(model="fast-cnn", model_args={"widths": [8, 16], "dense": 32},
+                       lr=0.01, label_smoothing=0.1)
+    assert tune.base_params(space, base) == {"lr": 0.01, "label_smoothing": 0.1,
+                                             "model_args.dense": "32"}
+    assert tune.base_params(space, base.replace(lr=0.1)) is None  # above the range
+    assert tune.base_params(space, base.replace(model_args={"widths": [8, 16], "dense": 48})
+                            ) is None  # not a choice
+    assert tune.base_params(space, base.replace(model_args={"widths": [8, 16]})) is None
+
+
 def test_tuning_trials_train_in_one_process_each(tmp_path: Path) -> None:
     space = tune.load_space(write(tmp_path / "s.toml", SPACE))
     with pytest.raises(ConfigError, match="^nproc: tuning trials train in one process"):
@@ -212,6 +224,12 @@ def test_sqlite_study_survives_a_sigkilled_worker(tmp_path: Path) -> None:
     assert again.wait(timeout=600) == 0, (tmp_path / "worker2.log").read_text()
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s/study.db")
     _check_study(study, tmp_path / "s", 4, killed)
+    quick = build_config("quick")  # the base's own values were the first trial, queued once
+    first = study.get_trials()[0]
+    assert first.user_attrs["base"] and first.params == {
+        "lr": quick.lr, "label_smoothing": quick.label_smoothing, "model_args.dense": "32"}
+    assert sum(bool(t.user_attrs.get("base")) and t.params == first.params
+               for t in study.get_trials()) in (1, 2)  # (2: it was the one killed, retried)
     # --timeout: no new trial starts once it has passed (the one running finishes)
     before = len(study.get_trials())
     more = [*cmd[:cmd.index("--trials")], "--trials", "100", "--timeout", "1"]

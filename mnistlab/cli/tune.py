@@ -43,6 +43,9 @@ def register(sub) -> None:
                    help="times a failed trial of a dead worker is queued again")
     p.add_argument("--sampler-seed", type=int, metavar="N",
                    help="seed of the TPE sampler (one worker: a reproducible search)")
+    p.add_argument("--no-base-trial", dest="base_trial", action="store_false",
+                   help="do not queue the base recipe's own values as a trial (by default "
+                   "they are, once per study, so the search is compared with its start)")
     p.add_argument("--report-only", action="store_true",
                    help="run no trial: rewrite the study's report and best.toml from storage")
     p.add_argument("--verbose", "-v", action="store_true",
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                   timeout=args.timeout, metric=args.metric, pruner=args.pruner,
                   heartbeat=args.heartbeat, retries=args.retries,
                   sampler_seed=args.sampler_seed, command=command_line(),
-                  space_path=args.space, train_log=print if args.verbose else None)
+                  space_path=args.space, base_trial=args.base_trial,
+                  train_log=print if args.verbose else None)
     if result.best is not None:
         best = result.study.best_trial
         print(f"best: trial {best.number}, {args.metric} {best.value:.4f}; recipe {result.best}")
