@@ -570,6 +570,7 @@ def write_report(study: Any, directory: Path, *, url: str = "",
         value = t.value if t.value is not None else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
         state = t.state.name.lower() + (" (diverged)" if t.user_attrs.get("diverged") else "")
+        state += " (the base)" if t.user_attrs.get("base") else ""
         seconds = t.duration.total_seconds() if t.duration else None
         epochs = t.user_attrs.get("epochs") or (max(t.intermediate_values)
                                                 if t.intermediate_values else "")

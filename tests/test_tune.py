@@ -230,6 +230,7 @@ def test_sqlite_study_survives_a_sigkilled_worker(tmp_path: Path) -> None:
         "lr": quick.lr, "label_smoothing": quick.label_smoothing, "model_args.dense": "32"}
     assert sum(bool(t.user_attrs.get("base")) and t.params == first.params
                for t in study.get_trials()) in (1, 2)  # (2: it was the one killed, retried)
+    assert "(the base)" in (tmp_path / "s" / "report.md").read_text()
     # --timeout: no new trial starts once it has passed (the one running finishes)
     before = len(study.get_trials())
     more = [*cmd[:cmd.index("--trials")], "--trials", "100", "--timeout", "1"]
