@@ -8,6 +8,8 @@ this way, so a photo or a drawing must be made the same way before it is classif
 
     decode (PNG, JPEG, BMP, GIF first frame, WebP; EXIF rotation applied; size-checked)
     -> flatten alpha onto white -> grayscale 0..1
+    -> a working size: an area-averaged copy of at most 160 px when the digit keeps 80 px
+       there (COARSE_SIDE, DIGIT_SIDE; else larger, up to the full size)
     -> paper from the border (median), ink at the far end of the histogram from it;
        polarity: dark ink on light paper is inverted, so ink is high
     -> paper level subtracted (a smooth surface under uneven light or a shadow), noise
