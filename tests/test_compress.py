@@ -371,7 +371,8 @@ def test_compressed_run_works_with_every_consumer(made: _Runs, capsys: pytest.Ca
 
     from mnistlab.serve.app import create_app
 
-    info = TestClient(create_app(run), base_url="http://localhost").get("/api/model").json()
+    with TestClient(create_app(run), base_url="http://localhost") as client:
+        info = client.get("/api/model").json()
     assert info["compression"]["quantize"] == "int8" and info["parent"]["model"] == "mlp"
 
 

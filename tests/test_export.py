@@ -194,15 +194,16 @@ def test_serve_with_onnx_runtime(runs_5k: dict, exported: dict) -> None:
     from mnistlab.serve.app import create_app
 
     app = create_app(runs_5k["cnn"], runtime="onnx")
-    client = TestClient(app, base_url="http://localhost")  # a Host the server answers
-    info = client.get("/api/model").json()
-    assert info["engine"] == "onnx" and info["runtime"].startswith("onnxruntime")
-    hits = 0
-    for i in range(10):
-        png, label = _digit_png(i)
-        r = client.post("/api/predict", content=png, headers={"content-type": "image/png"})
-        assert r.status_code == 200
-        hits += r.json()["label"] == label
+    # (as a context manager: the app's lifespan stops its preprocessing workers at the end)
+    with TestClient(app, base_url="http://localhost") as client:  # a Host it answers
+        info = client.get("/api/model").json()
+        assert info["engine"] == "onnx" and info["runtime"].startswith("onnxruntime")
+        hits = 0
+        for i in range(10):
+            png, label = _digit_png(i)
+            r = client.post("/api/predict", content=png, headers={"content-type": "image/png"})
+            assert r.status_code == 200
+            hits += r.json()["label"] == label
     assert hits >= 8
     torch_pred = Predictor(runs_5k["cnn"]).predict_one(_digit_png(0)[0])
     onnx_pred = app.state.predictor.predict_one(_digit_png(0)[0])
