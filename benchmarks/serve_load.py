@@ -155,8 +155,6 @@ def own_cpu_seconds(pid: int) -> float | None:
 def tree_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc; None
     elsewhere)."""
-    own = cpu_seconds
-
     def children(p: int) -> list[int]:
         try:
             return [int(c) for t in os.listdir(f"/proc/{p}/task")
@@ -165,13 +163,13 @@ def tree_cpu_seconds(pid: int) -> float | None:
             return []
 
     try:
-        total, todo = own(pid), children(pid)
+        total, todo = cpu_seconds(pid), children(pid)
     except (OSError, ValueError, IndexError):
         return None
     while todo:
         p = todo.pop()
         try:
-            total += own(p)
+            total += cpu_seconds(p)
         except (OSError, ValueError, IndexError):  # it exited meanwhile
             continue
         todo += children(p)

@@ -429,13 +429,22 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float(a.sum(1) @ rows) / total, float(a.sum(0) @ cols) / total
 
 
+def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
+    """The (rows, cols) slices of the bounding box of the ink above ``_BBOX_LEVEL`` in an
+    (H, W) ink map, or None when there is none."""
+    on = ink > _BBOX_LEVEL
+    ys, xs = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+    if not ys.size:
+        return None
+    return slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+
+
 def mnist_layout(ink: np.ndarray) -> np.ndarray:
     """Ink (H, W) 0..1 -> (28, 28) float32: cropped, scaled to fit 20x20, centred by mass."""
-    on = ink > _BBOX_LEVEL
-    if not on.any():
+    box = ink_box(ink)
+    if box is None:
         raise EmptyImageError("blank image: no ink")
-    ys, xs = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
-    crop = np.where(on, ink, 0.0)[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1].astype(np.float32)
+    crop = np.where(ink > _BBOX_LEVEL, ink, 0.0)[box].astype(np.float32)
     h, w = crop.shape
     scale = BOX / max(h, w)
     nh, nw = max(1, min(BOX, round(h * scale))), max(1, min(BOX, round(w * scale)))
@@ -470,9 +479,8 @@ def _reduced(a: np.ndarray | None, factor: int) -> np.ndarray | None:
 
 def ink_side(ink: np.ndarray) -> int:
     """The longer side of the bounding box of the ink (what ``mnist_layout`` crops), px."""
-    on = ink > _BBOX_LEVEL
-    ys, xs = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
-    return int(max(ys[-1] - ys[0], xs[-1] - xs[0])) + 1 if ys.size else 0
+    box = ink_box(ink)
+    return 0 if box is None else max(s.stop - s.start for s in box)
 
 
 def working_ink(gray: np.ndarray, alpha: np.ndarray | None = None, *,

@@ -203,7 +203,7 @@ class Workers:
         process dies meanwhile, the pool (broken for every request it held) is replaced
         and the body tried once more; a second death is a 500."""
         loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
+        for _ in range(2):
             pool = self.pool
             try:
                 return await loop.run_in_executor(pool, self.prepare, content_type, body)
@@ -213,11 +213,8 @@ class Workers:
                     pool.shutdown(wait=False, cancel_futures=True)
                     self.pool = self._new_pool()
                     self.pools_replaced += 1
-                if attempt == 2:
-                    raise ApiError(500, "worker_died", "the preprocessing worker died while "
-                                   "handling this image (twice); it may crash the decoder"
-                                   ) from None
-        raise AssertionError("unreachable")
+        raise ApiError(500, "worker_died", "the preprocessing worker died while handling "
+                       "this image (twice); it may crash the decoder")
 
     def _init_inference_thread(self) -> None:
         # One image or a small batch gains nothing from intra-op threads and loses much to
