@@ -4,8 +4,9 @@
                                     [--server-args "--max-batch 1"]
 
 Starts ``mnistlab serve`` on 127.0.0.1 (a free port) as a subprocess, then sends
-``--requests`` POST /api/predict requests (multipart ``file``: 280x280 PNGs of MNIST test
-digits drawn dark on white, as the page's canvas makes them) over ``--concurrency``
+``--requests`` POST /api/predict requests (multipart ``file``: PNGs of MNIST test digits
+drawn dark on white on the page's 280x280 canvas and sent, as the page sends them, at
+``--send-size`` = 140 px a side; 280 sends the canvas as it is) over ``--concurrency``
 keep-alive connections, each sending its next request when the last is answered, bounded
 by ``--time-limit`` seconds.
 
@@ -80,9 +81,9 @@ def train_tiny(run_dir: Path) -> Path:
     return run_dir
 
 
-def canvas_pngs(n: int) -> list[bytes]:
-    """``n`` MNIST test digits (spread over the test split) as the page's canvas sends them:
-    280x280, dark ink on white."""
+def canvas_pngs(n: int, send_size: int = 140) -> list[bytes]:
+    """``n`` MNIST test digits (spread over the test split) as the page sends them: drawn
+    dark on white on its 280x280 canvas, then reduced to ``send_size`` px a side."""
     from mnistlab import data
 
     name = "mnist" if os.environ.get("MNISTLAB_DATA_DIR") else "mnist-5k"
@@ -91,6 +92,8 @@ def canvas_pngs(n: int) -> list[bytes]:
     for i in np.linspace(0, len(ds.labels) - 1, n).round().astype(int):  # mnist-5k is sorted
         digit = ds.images[i]
         img = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR)
+        if send_size != 280:
+            img = img.resize((send_size, send_size), Image.Resampling.BOX)
         buf = io.BytesIO()
         img.convert("RGBA").save(buf, "PNG")
         out.append(buf.getvalue())
@@ -248,6 +251,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--time-limit", type=float, default=300, help="seconds for the load phase")
+    ap.add_argument("--send-size", type=int, default=140,
+                    help="side of the PNGs sent, px (the page's: 140; its canvas: 280)")
     ap.add_argument("--images", type=int, default=100, help="distinct digits to cycle through")
     ap.add_argument("--server-args", default="", help="extra flags for `mnistlab serve`, "
                     "e.g. \"--max-batch 1\" (no micro-batching), \"--worker-kind thread\" or "
@@ -260,7 +265,7 @@ def main() -> None:
         t0 = time.perf_counter()
         checkpoint = str(train_tiny(Path(tmp.name)))
         print(f"trained a tiny MLP in {time.perf_counter() - t0:.1f} s -> {checkpoint}")
-    payloads = canvas_pngs(args.images)
+    payloads = canvas_pngs(args.images, args.send_size)
 
     # -- in-process floor: the same images through Predictor, one at a time, with one torch
     # thread as the server's inference thread uses
@@ -325,6 +330,7 @@ def main() -> None:
         # over the warm-up and the measured load together
         "mean_batch": round(int(batches[-1][0]) / int(batches[-1][1]), 2) if batches else None,
         "cpus": os.cpu_count(),
+        "send_size": args.send_size,
         "loadavg_before": round(loadavg_before, 2),
         "loadavg_after": round(loadavg_after, 2),
     }

@@ -76,7 +76,11 @@ def mnist_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(Image.fromarray(digit))
 
 
-def lowres_scan(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+def lowres_scan(digit: np.ndarray, rng: np.random.Generator, size: int | None = None,
+                margin: int = 0) -> bytes:
+    """``size`` fixes the scan's resolution (the digit's frame, pixels) instead of drawing it
+    from 7-12; ``margin`` adds that many MNIST pixels of paper on every side before the scan,
+    the digit keeping its resolution. The other draws are the same either way."""
     img = Image.fromarray(digit)
     if rng.random() < 0.5:  # a thick pen
         img = img.filter(ImageFilter.MaxFilter(3))
@@ -84,10 +88,12 @@ def lowres_scan(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
     crop = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     side = max(crop.shape) + int(rng.integers(0, 3))  # the digit fills its frame
+    r = int(rng.integers(7, 13))  # the scan's resolution, pixels
+    r = size if size is not None else r
+    r, side = round(r * (side + 2 * margin) / side), side + 2 * margin
     square = np.zeros((side, side), np.uint8)
     y0, x0 = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
     square[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
-    r = int(rng.integers(7, 13))  # the scan's resolution, pixels
     low = np.asarray(Image.fromarray(square).resize((r, r), Image.Resampling.BOX), np.float32)
     low = np.round(low / 255 * 16) / 16  # 17 grey levels, as 4x4 block counts give
     k = int(rng.integers(4, 21))

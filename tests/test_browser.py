@@ -8,13 +8,18 @@ Never runs ``playwright install``: it uses /usr/bin/chromium (apt-get install ch
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 pytestmark = pytest.mark.browser
 
@@ -72,6 +77,10 @@ def test_draw_a_digit_and_see_the_prediction(server_url: str, browser, tmp_path:
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error"
             else None)
+    sent: list[str] = []  # the drawings the page posts, as data URLs
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)["image"])
+            if r.url.endswith("/api/predict") and r.method == "POST"
+            and r.headers.get("content-type", "").startswith("application/json") else None)
     page.goto(server_url + "/")
     page.wait_for_selector("body[data-state=ready]", timeout=10_000)
     assert page.locator("#chart .row").count() == 10
@@ -98,13 +107,18 @@ def test_draw_a_digit_and_see_the_prediction(server_url: str, browser, tmp_path:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-draw.png"), full_page=True)
     assert label == "7", f"drew a 7, the model said {label} (bars: {widths})"
+    # The drawing travels at half the canvas's size (app.js SEND_SIZE), smoothed, not cut.
+    assert sent, "the page posted no drawing"
+    drawn = Image.open(io.BytesIO(base64.b64decode(sent[-1].split(",", 1)[1])))
+    assert drawn.size == (140, 140)
+    ink = 255 - np.asarray(drawn.convert("L"), np.float32)
+    rows, cols = np.flatnonzero(ink.max(1) > 128), np.flatnonzero(ink.max(0) > 128)
+    assert rows[0] > 0.1 * 140 and rows[-1] < 0.95 * 140 and cols[-1] - cols[0] > 0.3 * 140
 
     # Clear resets everything; then an uploaded file is classified.
     page.click("#clear")
     page.wait_for_selector("body[data-state=empty]")
     assert page.locator("#label").inner_text() == "\u2013"
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", (200, 240), "white")
     ImageDraw.Draw(img).line([(100, 30), (100, 210)], fill="black", width=16)
     img.save(tmp_path / "one.jpg", quality=90)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from mnistlab import data
-from mnistlab.handwriting import STYLES, render, render_set
+from mnistlab.handwriting import STYLES, lowres_scan, render, render_set
 from mnistlab.preprocess import (
     COARSE_SIDE,
     DIGIT_SIDE,
@@ -366,3 +366,28 @@ def test_random_bytes_raise_only_preprocess_errors(raw: bytes) -> None:
             preprocess_image(blob)
         except PreprocessError:
             pass
+
+
+def test_lowres_scans_can_fix_their_size_and_add_paper(real_digits) -> None:
+    """benchmarks/lowres_scans.py varies one factor at a time: a fixed size draws nothing
+    else differently (the style's own draw reproduces the style's file), and paper added
+    around the digit keeps the digit's resolution (the scan grows, the ink does not)."""
+    digit = real_digits[0]
+    drawn = np.random.default_rng(5)
+    drawn.random(), drawn.integers(0, 3)
+    r = int(drawn.integers(7, 13))
+    assert lowres_scan(digit, np.random.default_rng(5), size=r) == \
+        render(digit, "lowres-scan", np.random.default_rng(5))
+
+    def side_and_ink(**kw) -> tuple[int, float]:
+        img = np.asarray(Image.open(io.BytesIO(lowres_scan(digit, np.random.default_rng(5), **kw))
+                                    ).convert("L"), np.float32) / 255
+        ink = 1 - img if img.mean() > 0.5 else img  # either polarity: paper is most pixels
+        return img.shape[0], float(ink.sum())
+
+    s7, ink7 = side_and_ink(size=7)
+    s7m, ink7m = side_and_ink(size=7, margin=6)
+    s12, ink12 = side_and_ink(size=12)
+    assert s7m > s7  # the same upscaling factor over a wider scan
+    assert ink7m == pytest.approx(ink7, rel=0.15)  # the same digit at the same resolution
+    assert s12 > s7 and ink12 > 2 * ink7  # ~(12 / 7)^2 as many pixels of the same ink
