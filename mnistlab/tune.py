@@ -359,8 +359,14 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
              "hyperband": lambda: optuna.pruners.HyperbandPruner(
                  min_resource=1, max_resource=max(base.epochs, 1), reduction_factor=3),
              "none": optuna.pruners.NopPruner}[pruner]()
-    study = optuna.create_study(storage=store, study_name=study_name, sampler=sampler,
-                                pruner=prune, direction=METRICS[metric], load_if_exists=True)
+    try:  # creating is atomic in the storage: of workers started at once, one creates it
+        study = optuna.create_study(storage=store, study_name=study_name, sampler=sampler,
+                                    pruner=prune, direction=METRICS[metric])
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=store, study_name=study_name, sampler=sampler,
+                                  pruner=prune)
+        created = False  # (a different metric is refused below, with the definition)
     known = study.user_attrs.get("definition")
     if known is None:
         study.set_user_attr("definition", definition)
@@ -373,13 +379,12 @@ def tune(base: TrainConfig, space: list[Param], *, trials: int, study_name: str,
     log(f"study {study_name!r} in {shown_url(url)}: {metric} ({METRICS[metric]}), {pruner} "
         f"pruning, trials in {directory}")
     log("search: " + "; ".join(p.describe() for p in space))
-    if base_trial:
+    if base_trial and created:  # only the worker that created the study: queued once
         params = base_params(space, base)
         if params is None:
             log("the base recipe's values lie outside the space: not queued as a trial")
-        elif not any(t.params == params for t in study.get_trials(deepcopy=False)):
-            # skip_if_exists: also when another worker has queued it (and not yet started it)
-            study.enqueue_trial(params, user_attrs={"base": True}, skip_if_exists=True)
+        else:
+            study.enqueue_trial(params, user_attrs={"base": True})
             log("the base recipe's own values are queued as a trial")
 
     # --- one trial: the recipe with the sampled values, trained on train, scored on val

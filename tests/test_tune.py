@@ -189,6 +189,9 @@ def _check_study(study, folder: Path, trials: int, killed: Path) -> None:
         warnings.simplefilter("ignore")
         retried = [optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
                    for t in all_trials]
+    # the base recipe's values were queued once, by the worker that created the study
+    assert sum(bool(t.user_attrs.get("base")) for t, r in zip(all_trials, retried)
+               if r is None) == 1
     retries = [t for t, r in zip(all_trials, retried) if r == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params
     assert retries[0].state in (T.COMPLETE, T.PRUNED)
