@@ -376,6 +376,28 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxCheckpoint
                           f"{e}); export it with `mnistlab export RUN --format onnx`") from None
     except Exception as e:  # onnx's DecodeError and friends: not an ONNX file
         raise ExportError(f"{file}: not a readable ONNX model ({type(e).__name__})") from None
+    if Path(path).is_dir():
+        _check_current(meta, Path(path), file)
     meta = {**meta, "engine": "onnx", "runtime": f"onnxruntime {ort.__version__}",
             "onnx_file": str(file)}
     return OnnxCheckpoint(session(file, threads=threads, ort=ort), meta, file)
+
+
+def _check_current(meta: dict[str, Any], run: Path, file: Path) -> None:
+    """An export found in a run directory must hold the run's checkpoint as it is now: the
+    same weights and the same calibration (``mnistlab calibrate`` rewrites it in place)."""
+    source = meta.get("source") or {}
+    ck_json = run / "checkpoints" / Path(source.get("path", "")).name
+    if not source.get("path") or not ck_json.is_file():
+        return  # the file was moved without its checkpoint: nothing to compare with
+    try:
+        now = json.loads(ck_json.read_text())
+    except (OSError, ValueError):
+        return  # loading the checkpoint itself would say what is wrong with it
+    again = f"; run `mnistlab export {run}` again"
+    if (now.get("weights") or {}).get("sha256") != source.get("weights_sha256"):
+        raise ExportError(f"{file}: exported from other weights than {ck_json} holds now "
+                          f"(trained again since?){again}")
+    if now.get("calibration") != meta.get("calibration"):
+        raise ExportError(f"{file}: exported before the calibration in {ck_json} changed "
+                          f"(`mnistlab calibrate` since?){again}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,25 @@ def test_serve_with_onnx_runtime(runs_5k: dict, exported: dict) -> None:
     torch_pred = Predictor(runs_5k["cnn"]).predict_one(_digit_png(0)[0])
     onnx_pred = app.state.predictor.predict_one(_digit_png(0)[0])
     assert abs(torch_pred.confidence - onnx_pred.confidence) < 1e-4
+
+
+def test_a_stale_export_in_a_run_is_refused(runs_5k: dict, exported: dict,
+                                            tmp_path: Path) -> None:
+    """An export found in a run directory must hold the run's checkpoint as it is now: a
+    calibration changed since, or other weights, is refused with the command that fixes it;
+    the .onnx file named directly still loads (it carries its own metadata)."""
+    run = shutil.copytree(runs_5k["cnn"], tmp_path / "run")
+    assert load_onnx(run).meta["source"]["weights_sha256"]  # as exported: fine
+    ck_json = run / "checkpoints" / "best.json"
+    meta = json.loads(ck_json.read_text())
+    ck_json.write_text(json.dumps({**meta, "calibration": {**(meta.get("calibration") or {}),
+                                                           "temperature": 1.234}}))
+    with pytest.raises(ExportError, match=r"calibration .* changed.*mnistlab export"):
+        load_onnx(run)
+    ck_json.write_text(json.dumps({**meta, "weights": {**meta["weights"], "sha256": "0" * 64}}))
+    with pytest.raises(ExportError, match=r"other weights.*mnistlab export"):
+        load_onnx(run)
+    assert load_onnx(run / "export" / "model.onnx").meta["model"] == meta["model"]
 
 
 def test_onnx_runtime_errors_are_clear(runs_5k: dict, tmp_path: Path,
