@@ -6,7 +6,7 @@
 const THROTTLE_MS = 150;
 // The drawing is sent at half the canvas's size (140 px a side, smoothed): the server looks
 // for the ink on a copy of at most 160 px anyway, and the smaller PNG halves what the server
-// spends decoding and preprocessing it (~6 -> ~3 ms), with the same predictions.
+// spends decoding and preprocessing it (~2.7 -> ~1.4 ms of CPU) at the same accuracy.
 const SEND_SIZE = 140;
 const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
