@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import multiprocessing
 import os
 import signal
 import threading
@@ -235,6 +236,20 @@ def test_a_dead_preprocessing_worker_is_replaced(trained_checkpoint: Path) -> No
         assert workers.pools_replaced == 3
         workers.prepare = prepare
         assert post(c).status_code == 200  # and the server carries on
+
+
+def test_shutdown_waits_for_the_preprocessing_workers(trained_checkpoint: Path) -> None:
+    """The app's shutdown returns only once its worker processes have exited: uvicorn ends
+    the process with the signal it caught (SIGTERM from systemd, docker stop, kill) right
+    after, and workers not yet stopped then were left behind for good."""
+    before = set(multiprocessing.active_children())
+    app = create_app(trained_checkpoint, workers=2)
+    with TestClient(app, base_url="http://localhost") as c:
+        r = c.post("/api/predict", content=DIGIT, headers={"content-type": "image/png"})
+        assert r.status_code == 200
+        workers = set(multiprocessing.active_children()) - before
+        assert len(workers) == 2
+    assert not [w for w in workers if w.is_alive()]
 
 
 # ------------------------------------------------------------------------------ fuzz

@@ -260,9 +260,13 @@ class Workers:
             b = self.batcher
             log.info("classified %d images in %d batches (mean %.1f, largest %d)",
                      b.items, b.batches, b.mean_batch, b.largest)
-        for ex in (self.pool, self.inference):
-            if ex is not None:
-                ex.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            # Wait for the worker processes to exit: uvicorn ends the process with the
+            # signal it caught right after this, and workers not yet told to stop would be
+            # left behind, orphaned (they hold their own queue open, so they never see EOF).
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.inference is not None:
+            self.inference.shutdown(wait=False, cancel_futures=True)
         self.batcher = self.pool = self.inference = None
 
 
