@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from real_handwriting import preprocess_all  # noqa: E402  (this folder)
+from real_handwriting import labels_of, preprocess_all  # noqa: E402  (this folder)
 
 from mnistlab import data  # noqa: E402
 from mnistlab.handwriting import STYLES, lowres_scan  # noqa: E402
@@ -44,10 +44,11 @@ from mnistlab.predict import Predictor  # noqa: E402
 
 def accuracy(p: Predictor, images01: np.ndarray, labels: np.ndarray,
              accepted: np.ndarray | None = None) -> float:
-    """Percent right; with ``accepted`` (N,), images01 holds only the accepted ones and a
-    refused image counts as an error."""
-    pred = p.checkpoint.logits(p.checkpoint.normalize(images01)).argmax(1)
-    right = pred == (labels if accepted is None else labels[accepted])
+    """Percent right through the predict path; with ``accepted`` (N,), images01 holds only
+    the accepted ones and a refused image counts as an error."""
+    if not len(images01):
+        return 0.0
+    right = labels_of(p, images01)[0] == (labels if accepted is None else labels[accepted])
     return 100 * float(right.sum()) / len(labels)
 
 
@@ -62,13 +63,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="MNIST pixels of paper around the digit for the 'with paper' column")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes: comma-separated whole numbers of pixels, got {args.sizes!r}")
+    if min(sizes) < 1 or args.margin < 0 or args.n < 1:
+        ap.error("--sizes must be >= 1 px, --margin >= 0 and --n >= 1")
     import torch
 
     from mnistlab.augment import restyle, stretch_ink
     from mnistlab.preprocess import FULL_INK_SHARE
 
     torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.2f}; {args.split} split, {args.n} digits, "
           f"seed {args.seed}", flush=True)
     digits = data.load("mnist", args.split)

@@ -258,6 +258,8 @@ def main() -> None:
                     "e.g. \"--max-batch 1\" (no micro-batching), \"--worker-kind thread\" or "
                     "\"--runtime onnx\"")
     args = ap.parse_args()
+    if not 1 <= args.send_size <= 280:
+        ap.error(f"--send-size: 1 to 280 px (the page's canvas), got {args.send_size}")
 
     tmp = tempfile.TemporaryDirectory(prefix="serve_load-")
     checkpoint = args.checkpoint

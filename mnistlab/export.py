@@ -387,8 +387,10 @@ def _check_current(meta: dict[str, Any], run: Path, file: Path) -> None:
     """An export found in a run directory must hold the run's checkpoint as it is now: the
     same weights and the same calibration (``mnistlab calibrate`` rewrites it in place)."""
     source = meta.get("source") or {}
-    ck_json = run / "checkpoints" / Path(source.get("path", "")).name
-    if not source.get("path") or not ck_json.is_file():
+    if not source.get("path"):
+        return
+    ck_json = run / "checkpoints" / Path(source["path"]).name
+    if not ck_json.is_file():
         return  # the file was moved without its checkpoint: nothing to compare with
     try:
         now = json.loads(ck_json.read_text())

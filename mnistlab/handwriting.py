@@ -88,9 +88,11 @@ def lowres_scan(digit: np.ndarray, rng: np.random.Generator, size: int | None = 
     rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
     crop = a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     side = max(crop.shape) + int(rng.integers(0, 3))  # the digit fills its frame
-    r = int(rng.integers(7, 13))  # the scan's resolution, pixels
-    r = size if size is not None else r
-    r, side = round(r * (side + 2 * margin) / side), side + 2 * margin
+    drawn = int(rng.integers(7, 13))  # the scan's resolution, pixels (drawn either way)
+    r = drawn if size is None else size
+    if margin:  # paper around the digit, which keeps its resolution
+        r = round(r * (side + 2 * margin) / side)
+        side += 2 * margin
     square = np.zeros((side, side), np.uint8)
     y0, x0 = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
     square[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
