@@ -31,6 +31,7 @@ from mnistlab.preprocess import (
     ink_map,
     ink_side,
     mnist_layout,
+    noise_sigma,
     preprocess_image,
     quantiles,
     to_gray,
@@ -391,3 +392,18 @@ def test_lowres_scans_can_fix_their_size_and_add_paper(real_digits) -> None:
     assert s7m > s7  # the same upscaling factor over a wider scan
     assert ink7m == pytest.approx(ink7, rel=0.15)  # the same digit at the same resolution
     assert s12 > s7 and ink12 > 2 * ink7  # ~(12 / 7)^2 as many pixels of the same ink
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), flat_share=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))
+def test_noise_estimate_is_the_median_whether_or_not_it_can_skip_the_sort(h, w, flat_share, seed):
+    """noise_sigma answers 0 without sorting when most second differences are exactly 0
+    (clean images): it must be the median of them all the same, on any share of flat area."""
+    rng = np.random.default_rng(seed)
+    a = np.round(rng.random((h, w)) * 4).astype(np.float32) / 4  # many exact ties and zeros
+    a[rng.random((h, w)) < flat_share] = 0.5
+    d = np.concatenate([(a[:, :-2] - 2 * a[:, 1:-1] + a[:, 2:]).ravel(),
+                        (a[:-2] - 2 * a[1:-1] + a[2:]).ravel()])
+    expected = 1.4826 * float(np.percentile(np.abs(d), 50)) / np.sqrt(6) if d.size else 0.0
+    assert noise_sigma(a) == pytest.approx(expected, rel=1e-6, abs=1e-12)

@@ -179,18 +179,18 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
     original_prepare, original_arrays = workers.prepare, predictor.predict_arrays
     seen_threads: list[str] = []
 
-    def slow_prepare(*args, **kwargs):
+    def slow_prepare(items):
         seen_threads.append(threading.current_thread().name)
         time.sleep(1.5)
-        return original_prepare(*args, **kwargs)
+        return original_prepare(items)
 
     def predict_arrays(*args, **kwargs):
         seen_threads.append(threading.current_thread().name)
         return original_arrays(*args, **kwargs)
 
     with TestClient(app, base_url="http://localhost") as c:
-        # instance attributes shadow the methods (after the start-up check has run)
-        workers.prepare, predictor.predict_arrays = slow_prepare, predict_arrays
+        # after the start-up check has run (an instance attribute shadows the method)
+        workers.preparer.run, predictor.predict_arrays = slow_prepare, predict_arrays
         results: dict[str, int] = {}
         t = threading.Thread(target=lambda: results.setdefault(
             "predict", c.post("/api/predict", content=DIGIT,
@@ -208,7 +208,7 @@ def test_inference_does_not_block_the_event_loop(trained_checkpoint: Path) -> No
     assert seen_threads[1].startswith("mnistlab-inference")
 
 
-def _die(content_type: str, body: bytes) -> None:
+def _die(items: list[tuple[str, bytes]]) -> None:
     """A preprocessing step that crashes its worker process (as a decoder bug would)."""
     os._exit(3)
 
@@ -231,10 +231,10 @@ def test_a_dead_preprocessing_worker_is_replaced(trained_checkpoint: Path) -> No
         assert workers.pools_replaced == 1
         assert workers.pool.submit(os.getpid).result() not in (first, os.getpid())
 
-        workers.prepare, prepare = _die, workers.prepare  # dies on this request, twice
+        workers.preparer.run, prepare = _die, workers.preparer.run  # dies here, twice
         assert_error(post(c), 500, "worker_died")
         assert workers.pools_replaced == 3
-        workers.prepare = prepare
+        workers.preparer.run = prepare
         assert post(c).status_code == 200  # and the server carries on
 
 

@@ -40,11 +40,11 @@ def canvas_png(digit: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------ the batcher
 
 
-def batched(run, items, **kw):
+def batched(run, items, threads: int = 1, **kw):
     """Submit ``items`` at once to a MicroBatcher over ``run``; (results, batcher)."""
 
     async def go():
-        with ThreadPoolExecutor(1) as ex:
+        with ThreadPoolExecutor(threads) as ex:
             b = MicroBatcher(run, executor=ex, **kw)
             results = await asyncio.gather(*(b.submit(i) for i in items),
                                            return_exceptions=True)
@@ -68,6 +68,24 @@ def test_batcher_groups_what_arrives_together_and_keeps_each_answer_with_its_req
     calls.clear()
     results, b = batched(run, [7], max_batch=4, window_s=0.01)  # alone: after the window
     assert results == [70] and calls == [[7]]
+
+
+def test_batcher_runs_concurrency_batches_at_once_and_gathers_what_waits_behind_them() -> None:
+    """The preprocessing workers' batcher: no window, one batch per worker; what arrives
+    while every worker is busy goes together to the first one free."""
+    calls: list[list[int]] = []
+    both = threading.Barrier(2, timeout=10)  # broken unless the first two batches overlap
+
+    def run(items):
+        calls.append(list(items))
+        if len(calls) <= 2:
+            both.wait()
+        return [x * 10 for x in items]
+
+    results, b = batched(run, range(6), threads=2, max_batch=8, window_s=0, concurrency=2)
+    assert results == [x * 10 for x in range(6)]
+    assert sorted(calls[:2]) == [[0], [1]] and calls[2:] == [[2, 3, 4, 5]]
+    assert (b.batches, b.largest) == (3, 4)
 
 
 def test_batcher_reports_a_failed_batch_to_each_of_its_requests() -> None:

@@ -223,7 +223,7 @@ def test_requests_in_progress_are_bounded(trained_checkpoint: Path) -> None:
         return original(*args)
 
     with TestClient(app, base_url=LOCAL) as c:
-        workers.prepare = held
+        workers.preparer.run = held  # each body alone: two batches, one per thread
         codes: list[int] = []
         post = lambda: codes.append(c.post(  # noqa: E731
             "/api/predict", content=DIGIT, headers={"content-type": "image/png"}).status_code)

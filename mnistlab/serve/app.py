@@ -13,8 +13,11 @@ How a prediction is served (the event loop only moves bytes and futures):
 
     body read with a byte limit and a deadline (413, 408)
     -> preprocessing workers (processes by default; bodies.prepare_image): image bytes out
-       of the body, decode, 28x28 (4xx errors). A worker process that dies (a decoder crash)
-       is replaced and the requests it held are tried once more on the new ones.
+       of the body, decode, 28x28 (4xx errors). Bodies that arrive while every worker is
+       busy go to the next free one together (up to PREPARE_BATCH), so under load the trip
+       to a worker process and back is paid once per batch, not once per request. A worker
+       process that dies (a decoder crash) is replaced and the requests it held are tried
+       once more on the new ones, each alone.
     -> micro-batcher (batching.py): images of concurrent requests, one forward pass on one
        inference thread, padded so that a digit's answer never depends on its company
     -> JSON
@@ -38,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,13 +54,14 @@ from ..errors import ConfigError
 from ..predict import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Prediction, Predictor
 from ..preprocess import MIME_TYPES
 from .batching import PAD_MULTIPLES, MicroBatcher, batch_invariant, padded_size
-from .bodies import ApiError, accepted_media, prepare_image
+from .bodies import ApiError, accepted_media, prepare_images
 from .guards import Guard
 from .options import ServeOptions
 
 STATIC = Path(__file__).parent / "static"
 BASE64_SLACK = 64 * 1024  # JSON/multipart framing on top of the (base64-grown) image
 BULKY_LIST = 64  # metadata lists longer than this are summarized in /api/model
+PREPARE_BATCH = 8  # request bodies sent to a preprocessing worker at once, at most
 
 log = logging.getLogger("mnistlab.serve")
 
@@ -184,8 +189,9 @@ class Workers:
         self.batcher: MicroBatcher[np.ndarray, Prediction] | None = None
         self.pool: Executor | None = None
         self.inference: ThreadPoolExecutor | None = None
-        self.prepare = functools.partial(prepare_image, max_upload_bytes=opts.max_upload_bytes,
+        self.prepare = functools.partial(prepare_images, max_upload_bytes=opts.max_upload_bytes,
                                          max_pixels=opts.max_pixels)
+        self.preparer: MicroBatcher[tuple[str, bytes], Any] | None = None
         self.pools_replaced = 0
 
     def _new_pool(self) -> Executor:
@@ -198,23 +204,39 @@ class Workers:
             pool.submit(int)
         return pool
 
+    def _replace_broken_pool(self) -> None:
+        """New workers if the pool is broken (a worker process died); else nothing, so that
+        of several requests that saw the same death only the first replaces it."""
+        try:
+            self.pool.submit(int)  # a broken pool refuses new work at once
+            return
+        except BrokenExecutor:
+            pass
+        log.error("a preprocessing worker died; starting new ones")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self.preparer.executor = self._new_pool()
+        self.pools_replaced += 1
+
     async def preprocess(self, content_type: str, body: bytes) -> tuple[np.ndarray, bytes]:
-        """A request body -> (the (28, 28) input, its PNG), in a worker. If the worker
-        process dies meanwhile, the pool (broken for every request it held) is replaced
-        and the body tried once more; a second death is a 500."""
-        loop = asyncio.get_running_loop()
-        for _ in range(2):
-            pool = self.pool
+        """A request body -> (the (28, 28) input, its PNG), in a worker, batched with the
+        bodies that wait beside it. If the worker process dies meanwhile, the pool (broken
+        for every request it held) is replaced and the body tried once more, alone; a
+        second death is a 500."""
+        item = (content_type, body)
+        try:
+            result = await self.preparer.submit(item)
+        except BrokenExecutor:
+            self._replace_broken_pool()
             try:
-                return await loop.run_in_executor(pool, self.prepare, content_type, body)
+                [result] = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.preparer.run, [item])
             except BrokenExecutor:
-                if self.pool is pool:  # the first request to notice replaces it
-                    log.error("a preprocessing worker died; starting new ones")
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self.pool = self._new_pool()
-                    self.pools_replaced += 1
-        raise ApiError(500, "worker_died", "the preprocessing worker died while handling "
-                       "this image (twice); it may crash the decoder")
+                self._replace_broken_pool()
+                raise ApiError(500, "worker_died", "the preprocessing worker died while "
+                               "handling this image (twice); it may crash the decoder") from None
+        if isinstance(result, ApiError):
+            raise result
+        return result
 
     def _init_inference_thread(self) -> None:
         # One image or a small batch gains nothing from intra-op threads and loses much to
@@ -239,6 +261,9 @@ class Workers:
         if self.batcher is not None:
             return
         self.pool = self._new_pool()
+        # no window: a lone body goes at once; under load bodies gather while workers are busy
+        self.preparer = MicroBatcher(self.prepare, executor=self.pool, max_batch=PREPARE_BATCH,
+                                     window_s=0, concurrency=self.opts.preprocess_workers)
         self.inference = ThreadPoolExecutor(1, "mnistlab-inference",
                                             initializer=self._init_inference_thread)
         # Checked on the inference thread itself: kernels may depend on its thread count.
@@ -260,6 +285,10 @@ class Workers:
             b = self.batcher
             log.info("classified %d images in %d batches (mean %.1f, largest %d)",
                      b.items, b.batches, b.mean_batch, b.largest)
+        if self.preparer is not None and self.preparer.batches:
+            b = self.preparer
+            log.info("preprocessed %d bodies in %d trips to the workers (mean %.1f)",
+                     b.items, b.batches, b.mean_batch)
         if self.pool is not None:
             # Wait for the worker processes to exit: uvicorn ends the process with the
             # signal it caught right after this, and workers not yet told to stop would be
@@ -267,7 +296,7 @@ class Workers:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.inference is not None:
             self.inference.shutdown(wait=False, cancel_futures=True)
-        self.batcher = self.pool = self.inference = None
+        self.batcher = self.preparer = self.pool = self.inference = None
 
 
 # ------------------------------------------------------------------------------ the app
@@ -397,7 +426,9 @@ def create_app(checkpoint_path: str | Path, *, threshold: float = DEFAULT_THRESH
         pred = dataclasses.replace(pred, top_k=pred.top_k[:k])
         out = pred.to_dict(classes, with_input=True)
         out["input_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
-        return JSONResponse(out)  # built here: the schema above is for the docs
+        # built here (the schema above is for the docs); orjson writes the 784 pixel values
+        # ~15x faster than the json module, on the event loop's thread
+        return Response(orjson.dumps(out), media_type="application/json")
 
     return app
 

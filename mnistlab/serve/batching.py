@@ -4,7 +4,8 @@ A request's preprocessed image is ``submit``-ted and awaited. A lone image waits
 ``window_s`` for others to join it (or until ``max_batch`` are waiting); while a batch is
 being classified, newcomers gather and go together as soon as it is done, so under load the
 batches grow by themselves and an idle server adds at most the window to a request.
-Batches run one at a time on one executor thread; the event loop only moves futures.
+Batches run one at a time on one executor thread (``concurrency`` > 1: that many at once,
+e.g. one per preprocessing process); the event loop only moves futures.
 
 The same image gets bitwise the same answer whatever it is batched with: see
 ``padded_size`` and ``batch_invariant`` below.
@@ -29,12 +30,12 @@ class MicroBatcher(Generic[X, Y]):
     per item, in order), called in ``executor``. All methods run on one event loop."""
 
     def __init__(self, run: Callable[[list[X]], Sequence[Y]], *, executor: Executor,
-                 max_batch: int = 32, window_s: float = 0.002):
-        self.run, self.executor = run, executor
-        self.max_batch, self.window_s = max_batch, window_s
+                 max_batch: int = 32, window_s: float = 0.002, concurrency: int = 1):
+        self.run, self.executor = run, executor  # the executor may be replaced between batches
+        self.max_batch, self.window_s, self.concurrency = max_batch, window_s, concurrency
         self._pending: list[tuple[X, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._busy = False
+        self._running = 0  # batches in the executor
         self.batches = 0  # statistics: batches run and the items in them
         self.items = 0
         self.largest = 0
@@ -43,7 +44,7 @@ class MicroBatcher(Generic[X, Y]):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((item, fut))
-        if not self._busy:
+        if self._running < self.concurrency:
             if len(self._pending) >= self.max_batch or self.window_s <= 0:
                 self._launch()
             elif self._timer is None:
@@ -61,7 +62,7 @@ class MicroBatcher(Generic[X, Y]):
                 batch.append((item, fut))
         if not batch:
             return
-        self._busy = True
+        self._running += 1
         self.batches += 1
         self.items += len(batch)
         self.largest = max(self.largest, len(batch))
@@ -70,7 +71,7 @@ class MicroBatcher(Generic[X, Y]):
         job.add_done_callback(functools.partial(self._finish, batch))
 
     def _finish(self, batch: list[tuple[X, asyncio.Future]], job: asyncio.Future) -> None:
-        self._busy = False
+        self._running -= 1
         error = job.exception() if not job.cancelled() else asyncio.CancelledError()
         results: Sequence[Any] = () if error else job.result()
         if not error and len(results) != len(batch):
@@ -82,8 +83,8 @@ class MicroBatcher(Generic[X, Y]):
                 fut.set_exception(error)
             else:
                 fut.set_result(results[i])
-        if self._pending:  # they have waited through the last batch already: go now
-            self._launch()
+        if self._pending and self._running < self.concurrency:
+            self._launch()  # they have waited through a running batch already: go now
 
     @property
     def mean_batch(self) -> float:

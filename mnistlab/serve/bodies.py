@@ -83,6 +83,19 @@ def prepare_image(content_type: str, body: bytes, *, max_upload_bytes: int,
     return x, to_png(x)
 
 
+def prepare_images(items: list[tuple[str, bytes]], **limits: int
+                   ) -> list[tuple[np.ndarray, bytes] | ApiError]:
+    """``prepare_image`` for several (content type, body) pairs in one call (one trip to a
+    worker process and back); a bad body's ``ApiError`` is returned in its place."""
+    out: list[tuple[np.ndarray, bytes] | ApiError] = []
+    for content_type, body in items:
+        try:
+            out.append(prepare_image(content_type, body, **limits))
+        except ApiError as e:
+            out.append(e)
+    return out
+
+
 # ------------------------------------------------------------------------------ multipart
 
 
