@@ -6,7 +6,7 @@
 Starts ``mnistlab serve`` on 127.0.0.1 (a free port) as a subprocess, then sends
 ``--requests`` POST /api/predict requests (multipart ``file``: PNGs of MNIST test digits
 drawn dark on white on the page's 280x280 canvas and sent, as the page sends them, at
-``--send-size`` = 140 px a side; 280 sends the canvas as it is) over ``--concurrency``
+``--send-size`` = 112 px a side; 280 sends the canvas as it is) over ``--concurrency``
 keep-alive connections, each sending its next request when the last is answered, bounded
 by ``--time-limit`` seconds.
 
@@ -81,7 +81,7 @@ def train_tiny(run_dir: Path) -> Path:
     return run_dir
 
 
-def canvas_pngs(n: int, send_size: int = 140) -> list[bytes]:
+def canvas_pngs(n: int, send_size: int = 112) -> list[bytes]:
     """``n`` MNIST test digits (spread over the test split) as the page sends them: drawn
     dark on white on its 280x280 canvas, then reduced to ``send_size`` px a side."""
     from mnistlab import data
@@ -251,8 +251,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--time-limit", type=float, default=300, help="seconds for the load phase")
-    ap.add_argument("--send-size", type=int, default=140,
-                    help="side of the PNGs sent, px (the page's: 140; its canvas: 280)")
+    ap.add_argument("--send-size", type=int, default=112,
+                    help="side of the PNGs sent, px (the page's: 112; its canvas: 280)")
     ap.add_argument("--images", type=int, default=100, help="distinct digits to cycle through")
     ap.add_argument("--server-args", default="", help="extra flags for `mnistlab serve`, "
                     "e.g. \"--max-batch 1\" (no micro-batching), \"--worker-kind thread\" or "

@@ -107,13 +107,13 @@ def test_draw_a_digit_and_see_the_prediction(server_url: str, browser, tmp_path:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-draw.png"), full_page=True)
     assert label == "7", f"drew a 7, the model said {label} (bars: {widths})"
-    # The drawing travels at half the canvas's size (app.js SEND_SIZE), smoothed, not cut.
+    # The drawing travels at 2/5 of the canvas's size (app.js SEND_SIZE), smoothed, not cut.
     assert sent, "the page posted no drawing"
     drawn = Image.open(io.BytesIO(base64.b64decode(sent[-1].split(",", 1)[1])))
-    assert drawn.size == (140, 140)
+    assert drawn.size == (112, 112)
     ink = 255 - np.asarray(drawn.convert("L"), np.float32)
     rows, cols = np.flatnonzero(ink.max(1) > 128), np.flatnonzero(ink.max(0) > 128)
-    assert rows[0] > 0.1 * 140 and rows[-1] < 0.95 * 140 and cols[-1] - cols[0] > 0.3 * 140
+    assert rows[0] > 0.1 * 112 and rows[-1] < 0.95 * 112 and cols[-1] - cols[0] > 0.3 * 112
 
     # Clear resets everything; then an uploaded file is classified.
     page.click("#clear")

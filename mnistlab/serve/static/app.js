@@ -4,10 +4,11 @@
 "use strict";
 
 const THROTTLE_MS = 150;
-// The drawing is sent at half the canvas's size (140 px a side, smoothed): the server looks
-// for the ink on a copy of at most 160 px anyway, and the smaller PNG halves what the server
-// spends decoding and preprocessing it (~2.7 -> ~1.4 ms of CPU) at the same accuracy.
-const SEND_SIZE = 140;
+// The drawing is sent at 2/5 of the canvas's size (112 px a side, smoothed; 4x the model's
+// 28): the digit's 20-px box needs far fewer pixels than the canvas has, and the server's
+// CPU per image falls with them (280 -> 140 px: about half; 140 -> 112: ~12% less) at the
+// same accuracy (1,000 validation digits: 99.1% at 280 and 140 px, 99.2% at 112).
+const SEND_SIZE = 112;
 const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
 const $ = (id) => document.getElementById(id);
