@@ -59,8 +59,12 @@ class Prediction:
             "not_digit": self.not_digit,
         }
         if with_input:
-            out["input"] = np.round(self.input * 255).astype(np.uint8).tolist()
+            out["input"] = self.input_u8().tolist()
         return out
+
+    def input_u8(self) -> np.ndarray:
+        """The (28, 28) input the model saw as 0..255 integers, ink high."""
+        return np.round(self.input * 255).astype(np.uint8)
 
 
 class Predictor:
