@@ -88,6 +88,25 @@ def test_batcher_runs_concurrency_batches_at_once_and_gathers_what_waits_behind_
     assert (b.batches, b.largest) == (3, 4)
 
 
+def test_batcher_survives_an_executor_that_refuses_work() -> None:
+    """A process pool whose worker died refuses new work at once; the batch must fail
+    like one that ran and free its slot, or every later request waits forever (a hang
+    seen once in the fast lane, in test_a_dead_preprocessing_worker_is_replaced)."""
+
+    async def go():
+        refusing = ThreadPoolExecutor(1)
+        refusing.shutdown()
+        b = MicroBatcher(lambda items: [x * 10 for x in items], executor=refusing,
+                         max_batch=4, window_s=0)
+        with pytest.raises(RuntimeError):
+            await b.submit(1)
+        with ThreadPoolExecutor(1) as ok:
+            b.executor = ok  # as the server does when it replaces a broken pool
+            return await asyncio.wait_for(b.submit(2), 10)
+
+    assert asyncio.run(go()) == 20
+
+
 def test_batcher_reports_a_failed_batch_to_each_of_its_requests() -> None:
     def run(items):
         if 3 in items:

@@ -66,8 +66,12 @@ class MicroBatcher(Generic[X, Y]):
         self.batches += 1
         self.items += len(batch)
         self.largest = max(self.largest, len(batch))
-        job = asyncio.get_running_loop().run_in_executor(
-            self.executor, self.run, [item for item, _ in batch])
+        loop = asyncio.get_running_loop()
+        try:
+            job = loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
+        except Exception as e:  # refused at once (a pool already broken or shut down): the
+            job = loop.create_future()  # batch fails like one that ran, and frees its slot
+            job.set_exception(e)
         job.add_done_callback(functools.partial(self._finish, batch))
 
     def _finish(self, batch: list[tuple[X, asyncio.Future]], job: asyncio.Future) -> None:
