@@ -96,6 +96,29 @@ def test_fast_cnn_depth_adds_convolutions_per_block() -> None:
         create_model("fast-cnn", depth=0)
 
 
+def test_fast_cnn_crop_ignores_the_border_and_sees_the_rest() -> None:
+    """crop=2: the net reads the central 24x24 only; every pixel inside it still counts."""
+    torch.manual_seed(0)
+    model = create_model("fast-cnn", widths=[8, 16], crop=2).eval()
+    x = torch.randn(4, 1, 28, 28)
+    border = x.clone()
+    border[:, :, :2] = border[:, :, -2:] = border[:, :, :, :2] = border[:, :, :, -2:] = 9.0
+    with torch.no_grad():
+        assert torch.equal(model(border), model(x))
+        for i, j in [(2, 2), (2, 25), (25, 2), (25, 25), (14, 14)]:  # the crop's corners
+            poked = x.clone()
+            poked[:, :, i, j] += 5.0
+            assert not torch.allclose(model(poked), model(x)), (i, j)
+    # 24x24 folded 2x2, two pools: 12 -> 6 -> 3, the same 3x3x16 features as without the crop
+    assert model.backbone[-1][1].in_features == 3 * 3 * 16
+    assert create_model("fast-cnn", **model.config).config == model.config
+    assert "crop" not in create_model("fast-cnn").config  # configs of older checkpoints unchanged
+    with pytest.raises(ValueError, match="fold must divide the 22-pixel input"):
+        create_model("fast-cnn", crop=3, fold=4)
+    with pytest.raises(ValueError, match="crop"):
+        create_model("fast-cnn", crop=-1)
+
+
 def test_resnet_small_stages_and_shortcuts() -> None:
     """Stride-2 stem, stages 14 -> 7 -> 4, and blocks that add their input back."""
     from torch import nn

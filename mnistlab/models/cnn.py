@@ -116,14 +116,19 @@ class _Stem(nn.Module):
     dimension, which yields the channels-last map directly: the same values as
     ``pixel_unshuffle`` followed by a layout conversion, in one copy instead of two (~0.1 ms
     instead of ~0.3 ms for a batch of 256 on 2 cores).
+
+    ``crop`` pixels are first dropped from each side (a free view): the border of an MNIST
+    digit is nearly always paper, and the layers after it run on fewer pixels.
     """
 
-    def __init__(self, fold: int):
+    def __init__(self, fold: int, crop: int = 0):
         super().__init__()
-        self.fold = fold
+        self.fold, self.crop = fold, crop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.fold
+        r, c = self.fold, self.crop
+        if c:
+            x = x[:, :, c:-c, c:-c]
         if r == 1:
             return x.contiguous(memory_format=torch.channels_last)
         # (B, C, H/r, W/r, r*r): sub-image (i, j) holds x[..., i::r, j::r]
@@ -180,26 +185,30 @@ class FastCNN(Classifier):
         dense: int = 128,  # hidden dense layer before the head (0: none)
         fold: int = 2,  # stem: fold r x r patches into channels (1: none)
         depth: int = 1,  # convolutions per block; the extra ones are conv 3x3 -> BN -> ReLU
+        crop: int = 0,  # pixels dropped from each side of the 28x28 input before the stem
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if not 0 <= crop <= 10:
+            raise ValueError(f"crop must be 0..10 pixels per side, got {crop}")
         self.config = dict(num_classes=num_classes, widths=list(widths), dense=dense, fold=fold,
-                           depth=depth)
+                           depth=depth, **({"crop": crop} if crop else {}))
         blocks: list[nn.Module] = []
         cin = fold * fold
         for i, w in enumerate(widths):
-            stem = [_Stem(fold)] if i == 0 else []
+            stem = [_Stem(fold, crop)] if i == 0 else []
             extra: list[nn.Module] = []
             for _ in range(depth - 1):  # at the block's input resolution, before its pool
                 extra += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
                 cin = w
             blocks.append(nn.Sequential(*stem, *extra, *_conv_pool_bn(cin, w)))
             cin = w
-        side = 28 // fold // 2 ** len(widths)  # each block halves the map (floor): 14 -> 7 -> 3
-        if 28 % fold or side < 1:
-            raise ValueError(f"fold must divide 28 and leave >= 1 pixel after {len(widths)} "
-                             f"2x2 pools; got fold={fold}")
+        size = 28 - 2 * crop
+        side = size // fold // 2 ** len(widths)  # each block halves the map (floor): 14 -> 7 -> 3
+        if size % fold or side < 1:
+            raise ValueError(f"fold must divide the {size}-pixel input and leave >= 1 pixel "
+                             f"after {len(widths)} 2x2 pools; got fold={fold}")
         flat = cin * side * side  # 288 = 32*3*3 with the defaults
         if dense:
             blocks.append(nn.Sequential(_FlattenNHWC(), nn.Linear(flat, dense), nn.ReLU()))
