@@ -19,7 +19,7 @@ Side by side in one process, on the same in-memory batches (mnistlab.loader.Batc
 The last line printed is one JSON object with the results. Timings on a shared machine are
 inflated and noisy; the load average is printed with them.
 
-    python benchmarks/time_to_accuracy.py                 # the full comparison (~10-20 min)
+    python benchmarks/time_to_accuracy.py                 # the full comparison (~21 min on a slow host)
     python benchmarks/time_to_accuracy.py --quick-only --seeds 2
 """
 
