@@ -8,7 +8,7 @@ Side by side in one process, on the same in-memory batches (mnistlab.loader.Batc
    test accuracy first reaches 99.0% (checked after each epoch, evaluation not timed), once
    per reference seed. Its time to 99% is the median number of epochs it needs over those
    seeds times the median time of one of its epochs: the epoch count of one seed sits on a
-   knife's edge (99.02% or 98.97% after epoch 3 turns 3 epochs into 4, 33% more time) and a
+   knife's edge (99.02% or 98.93% after epoch 3 turns 3 epochs into 4, 33% more time) and a
    single epoch's time moves with the host, so neither is taken from one run alone;
 3. the `quick` recipe, run through mnistlab.training.train exactly as `mnistlab train --config
    quick` runs it, once per seed; its time is the loop's own training time (metrics.jsonl,
@@ -110,15 +110,18 @@ def reference_run(max_epochs: int, seed: int = 0) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        seconds += time.perf_counter() - t0
+        epoch_seconds = time.perf_counter() - t0
+        seconds += epoch_seconds
         schedule.step()
         acc = accuracy(model, test)
-        epochs.append({"epoch": epoch, "seconds": seconds, "test_acc": acc})
+        epochs.append({"epoch": epoch, "seconds": seconds, "epoch_seconds": epoch_seconds,
+                       "test_acc": acc})
         print(f"  reference seed {seed} epoch {epoch}: test {acc:.2f}%  cumulative {seconds:.1f}s"
               f"  (load {load_avg()})", flush=True)
         if acc >= TARGET:
             break
-    return {"seconds": seconds, "reached": acc >= TARGET, "epochs": epochs}
+    return {"seconds": seconds, "reached": acc >= TARGET, "epochs": epochs,
+            "images": len(train_ds)}
 
 
 def reference_time_to_target(max_epochs: int, seeds: list[int]) -> dict:
@@ -126,12 +129,9 @@ def reference_time_to_target(max_epochs: int, seeds: list[int]) -> dict:
     median seconds of one epoch (every epoch of every seed)."""
     runs = [reference_run(max_epochs, seed) for seed in seeds]
     needed = [len(r["epochs"]) for r in runs]
-    per_epoch = [b["seconds"] - a["seconds"]
-                 for r in runs for a, b in zip([{"seconds": 0.0}, *r["epochs"]], r["epochs"])]
     epochs = statistics.median(needed)
-    epoch_seconds = statistics.median(per_epoch)
-    n_train = len(data.load("mnist", "train"))
-    flops = train_flops_per_image(create_model("pytorch-example")) * n_train * epochs
+    epoch_seconds = statistics.median(e["epoch_seconds"] for r in runs for e in r["epochs"])
+    flops = train_flops_per_image(create_model("pytorch-example")) * runs[0]["images"] * epochs
     return {"seconds": epochs * epoch_seconds, "epochs": epochs, "epoch_seconds": epoch_seconds,
             "epochs_by_seed": needed, "reached": all(r["reached"] for r in runs),
             "seconds_by_seed": [round(r["seconds"], 1) for r in runs], "flops": flops}
@@ -166,12 +166,23 @@ def quick_runs(seeds: list[int], runs_dir: Path, threads: int, recipe: str = "qu
 # ------------------------------------------------------------------------------ main
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1 (else one line of usage error, no traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=5, help="quick-recipe seeds 0..N-1")
+    ap.add_argument("--seeds", type=positive, default=5, help="quick-recipe seeds 0..N-1")
     ap.add_argument("--quick-only", action="store_true", help="skip the reference")
-    ap.add_argument("--max-epochs", type=int, default=8, help="cap on the reference's epochs")
-    ap.add_argument("--reference-seeds", type=int, default=3,
+    ap.add_argument("--max-epochs", type=positive, default=8, help="cap on the reference's epochs")
+    ap.add_argument("--reference-seeds", type=positive, default=3,
                     help="train the reference with seeds 0..N-1 (its epoch count is their median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--recipe", default="quick",
