@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnistlab import data
 from mnistlab.config import build_config
+from mnistlab.errors import ConfigError
 from mnistlab.loader import BatchLoader
 from mnistlab.models import create_model
 from mnistlab.training import train
@@ -189,6 +190,12 @@ def main() -> None:
                     help="time this recipe (a name or TOML file) instead of quick, e.g. a "
                          "candidate from `mnistlab tune` (studies/quick/)")
     args = ap.parse_args()
+    if args.threads < 0:
+        ap.error(f"--threads: expected 0 (torch's default) or more, got {args.threads}")
+    try:  # a bad recipe is refused now, not after the reference's ~20 minutes
+        build_config(args.recipe)
+    except ConfigError as e:
+        ap.error(f"--recipe: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
