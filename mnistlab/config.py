@@ -76,6 +76,9 @@ class TrainConfig:
     # --- optimization
     epochs: int = _f(1, "passes over the training split", group="optimization", ge=1,
                      resumable=True)
+    epoch_fraction: float = _f(1.0, "share of the training split each epoch trains on: the "
+                               "head of that epoch's shuffled order, so a fresh random subset "
+                               "every epoch (1: all of it)", group="optimization", gt=0, le=1)
     batch_size: int = _f(128, "images per step", group="optimization", ge=1)
     optimizer: str = _f("adam", "the optimizer", group="optimization", choices=OPTIMIZERS)
     lr: float = _f(1e-3, "peak learning rate", group="optimization", gt=0)

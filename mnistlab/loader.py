@@ -2,6 +2,8 @@
 
 Each epoch draws one permutation from a ``torch.Generator`` seeded with ``(seed, epoch)``, so
 epoch e's order depends on nothing else (set ``loader.epoch = e`` to replay it on resume).
+With ``fraction`` below 1 an epoch takes only the head of its permutation: a fresh random
+subset of that share of the split every epoch (the `epoch_fraction` setting).
 Images are gathered by index (``index_select`` on the uint8 rows), converted to float32 on the
 raw 0..255 scale, augmented when asked (0 stays background, the augmentation's fill), and
 normalized in place as ``shift + scale * x`` = ``(x/255 - mean)/std``.
@@ -54,6 +56,7 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         augment: Augment | None = None,
         drop_last: bool = False,
+        fraction: float = 1.0,
     ):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
@@ -65,6 +68,9 @@ class BatchLoader:
             raise ValueError(f"images must be (N, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+        if not 0 < fraction <= 1 or (fraction < 1 and not shuffle):
+            raise ValueError(f"fraction must be in (0, 1], and below 1 only with shuffle; got "
+                             f"{fraction} (shuffle={shuffle})")
         if batch_size < 1 or std <= 0 or seed < 0:
             raise ValueError(
                 f"need batch_size >= 1, std > 0, seed >= 0; got {batch_size, std, seed}"
@@ -78,6 +84,8 @@ class BatchLoader:
         self.seed = seed
         self.augment = augment
         self.drop_last = drop_last
+        # each epoch takes the head of its permutation: a fresh random subset of this size
+        self.per_epoch = min(len(self.images), max(1, math.floor(fraction * len(self.images))))
         self.epoch = 0  # the epoch the next iteration runs; settable for resume
         self.rank, self.world_size = 0, 1
         # x/255 -> (x/255 - mean)/std as one op: shift + scale * x (uint8 in, float32 out)
@@ -101,7 +109,7 @@ class BatchLoader:
     @property
     def num_samples(self) -> int:
         """Samples this loader yields per epoch (this rank's share when sharded)."""
-        return math.ceil(len(self.images) / self.world_size)
+        return math.ceil(self.per_epoch / self.world_size)
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
@@ -117,8 +125,9 @@ class BatchLoader:
             perm = torch.randperm(n, generator=g)
         else:
             perm = torch.arange(n)
+        perm = perm[: self.per_epoch]
         if self.world_size > 1:
-            pad = self.num_samples * self.world_size - n
+            pad = self.num_samples * self.world_size - len(perm)
             perm = torch.cat([perm, perm[:pad]])[self.rank :: self.world_size]
         return perm
 

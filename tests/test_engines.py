@@ -40,6 +40,7 @@ CHANGES = {
     "augment": ("affine", {}),
     "model_args": ({"hidden": [8]}, {}),
     "epochs": (5, {}),
+    "epoch_fraction": (0.5, {}),
     "batch_size": (40, {}),
     "optimizer": ("sgd", {}),
     "lr": (1e-2, {}),
@@ -168,7 +169,8 @@ def test_every_field_is_honoured_or_refused(engine, tmp_path, capsys, scripted) 
         honoured.append(field)
     # the torch engine implements everything but the NumPy engine's worker processes
     expected_refusals = {"torch": {"workers"},
-                         "numpy": {"augment", "weight_decay", "grad_clip", "amp"}}[engine]
+                         "numpy": {"augment", "epoch_fraction", "weight_decay", "grad_clip",
+                                   "amp"}}[engine]
     assert set(refused) == expected_refusals, refused
 
 
@@ -232,7 +234,7 @@ def test_device_determinism_and_compile(engine, tmp_path, capsys, monkeypatch) -
 def test_refusals_and_divergence_are_one_clear_error(tmp_path, capsys) -> None:
     np_settings = {**BASE, **ENGINES["numpy"], "runs_dir": str(tmp_path)}
     for field, value in [("optimizer", "adamw"), ("optimizer", "adadelta"),
-                         ("augment", "affine"), ("device", "cuda")]:
+                         ("augment", "affine"), ("device", "cuda"), ("epoch_fraction", 0.5)]:
         with pytest.raises(ConfigError, match=f"^{field}: the NumPy engine does not support"):
             training.train(TrainConfig(**{**np_settings, field: value}), log=lambda *_: None)
     for engine in ENGINES:

@@ -137,12 +137,33 @@ def test_shards_partition_each_epoch(data):
         assert torch.equal(s.order(0), torch.cat([full, full[:2]])[r::world])
 
 
+def test_fraction_takes_a_fresh_random_subset_each_epoch(data):
+    loader = make(data, fraction=0.5, seed=3)
+    assert loader.num_samples == 51 and len(loader) == 4  # floor(0.5 * 103), in batches of 16
+    subsets = []
+    for epoch in range(3):
+        seen = epoch_labels(loader)
+        assert len(seen) == 51 and len(seen.unique()) == 51  # no image twice in an epoch
+        assert torch.equal(seen, make(data, seed=3).order(epoch)[:51])  # the head of its order
+        subsets.append(set(seen.tolist()))
+    assert subsets[0] != subsets[1] != subsets[2]
+    assert len(subsets[0] | subsets[1] | subsets[2]) > 51  # later epochs see other images
+    # under sharding the ranks split the same subset, padded by wrapping around
+    shards = [make(data, fraction=0.5, seed=3).shard(r, 2) for r in range(2)]
+    assert {len(s) for s in shards} == {2}  # ceil(51 / 2) = 26 each: 2 batches of 16
+    both = torch.cat([s.order(0) for s in shards])
+    assert set(both.tolist()) == subsets[0] and len(both) == 52
+
+
 def test_rejects_bad_input(data):
     images, labels = data
     with pytest.raises(ValueError, match="uint8"):
         BatchLoader(images.astype(np.float32), labels, batch_size=4, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="labels"):
         BatchLoader(images, labels[:-1], batch_size=4, mean=MEAN, std=STD)
+    for fraction, shuffle in [(0.0, True), (1.5, True), (0.5, False)]:
+        with pytest.raises(ValueError, match="fraction"):
+            make(data, fraction=fraction, shuffle=shuffle)
 
 
 def test_real_digits_normalize_to_zero_mean_unit_std():

@@ -31,6 +31,8 @@ _REFUSED = (
     ("augment", lambda c: c.augment == "none", "augmentation (it trains on the raw images)"),
     ("weight_decay", lambda c: c.weight_decay == 0, "decoupled weight decay (use --l2)"),
     ("grad_clip", lambda c: c.grad_clip == 0, "gradient clipping"),
+    ("epoch_fraction", lambda c: c.epoch_fraction == 1, "training on part of the split per "
+     "epoch (it takes all of it)"),
     ("optimizer", lambda c: c.optimizer in ("sgd", "adam", "rmsprop"),
      "optimizer {v!r}; it has sgd (momentum, nesterov), adam and rmsprop"),
     ("amp", lambda c: not c.amp, "mixed precision (it computes in float32)"),

@@ -246,7 +246,7 @@ class TorchEngine:
             augment = Augment(augment_preset(cfg.augment), seed=cfg.seed)
         train_loader = BatchLoader(train.images, train.labels, batch_size=cfg.batch_size // world,
                                    mean=train.mean, std=train.std, shuffle=True, seed=cfg.seed,
-                                   device=device, augment=augment)
+                                   device=device, augment=augment, fraction=cfg.epoch_fraction)
         val_x, val_y = val.images, val.labels
         if ctx is not None:
             train_loader.shard(ctx.rank, world)
