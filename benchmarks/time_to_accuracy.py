@@ -160,7 +160,8 @@ def quick_runs(seeds: list[int], runs_dir: Path, threads: int, recipe: str = "qu
               f"(load {load_avg()})", flush=True)
     n_train = len(data.load("mnist", "train", seed=cfg.seed))
     model = create_model(cfg.model, **cfg.model_args)
-    flops = train_flops_per_image(model) * n_train * cfg.epochs
+    images = int(n_train * cfg.epoch_fraction) * cfg.epochs  # what the loop trains on
+    flops = train_flops_per_image(model) * images
     return {"seconds": seconds, "accs": accs, "flops": flops, "config": cfg}
 
 
