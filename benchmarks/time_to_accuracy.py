@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnistlab import data
 from mnistlab.config import build_config
 from mnistlab.errors import ConfigError
-from mnistlab.loader import BatchLoader
+from mnistlab.loader import BatchLoader, epoch_size
 from mnistlab.models import create_model
 from mnistlab.training import train
 
@@ -160,7 +160,7 @@ def quick_runs(seeds: list[int], runs_dir: Path, threads: int, recipe: str = "qu
               f"(load {load_avg()})", flush=True)
     n_train = len(data.load("mnist", "train", seed=cfg.seed))
     model = create_model(cfg.model, **cfg.model_args)
-    images = int(n_train * cfg.epoch_fraction) * cfg.epochs  # what the loop trains on
+    images = epoch_size(n_train, cfg.epoch_fraction) * cfg.epochs  # what the loop trains on
     flops = train_flops_per_image(model) * images
     return {"seconds": seconds, "accs": accs, "flops": flops, "config": cfg}
 

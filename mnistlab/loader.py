@@ -23,11 +23,16 @@ from torch import Tensor
 
 from mnistlab.augment import Augment
 
-__all__ = ["BatchLoader", "epoch_seed"]
+__all__ = ["BatchLoader", "epoch_seed", "epoch_size"]
 
 # elements converted per op without augmentation (256 images of 28x28: 0.8 MB of float32, which
 # stays in cache until the batches are used)
 CHUNK = 256 * 784
+
+
+def epoch_size(n: int, fraction: float) -> int:
+    """Images one epoch takes from a split of n with ``epoch_fraction`` = fraction."""
+    return min(n, max(1, math.floor(fraction * n)))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -85,7 +90,7 @@ class BatchLoader:
         self.augment = augment
         self.drop_last = drop_last
         # each epoch takes the head of its permutation: a fresh random subset of this size
-        self.per_epoch = min(len(self.images), max(1, math.floor(fraction * len(self.images))))
+        self.per_epoch = epoch_size(len(self.images), fraction)
         self.epoch = 0  # the epoch the next iteration runs; settable for resume
         self.rank, self.world_size = 0, 1
         # x/255 -> (x/255 - mean)/std as one op: shift + scale * x (uint8 in, float32 out)
