@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["STYLES", "render", "render_set"]
+__all__ = ["STYLES", "render", "render_set", "scan_pixels"]
 
 _BICUBIC = Image.Resampling.BICUBIC
 
@@ -76,11 +76,12 @@ def mnist_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(Image.fromarray(digit))
 
 
-def lowres_scan(digit: np.ndarray, rng: np.random.Generator, size: int | None = None,
-                margin: int = 0) -> bytes:
-    """``size`` fixes the scan's resolution (the digit's frame, pixels) instead of drawing it
-    from 7-12; ``margin`` adds that many MNIST pixels of paper on every side before the scan,
-    the digit keeping its resolution. The other draws are the same either way."""
+def scan_pixels(digit: np.ndarray, rng: np.random.Generator, size: int | None = None,
+                margin: int = 0) -> np.ndarray:
+    """The scan behind ``lowres-scan``: (r, r) float32 ink 0..1 in 17 levels, r drawn from
+    7-12 (or ``size``), before any upscaling. What the style's image holds, at most: the
+    benchmarks compare a model trained on these pixels with one that sees the upscaled file.
+    ``size`` and ``margin`` as in :func:`lowres_scan`, whose first draws these are."""
     img = Image.fromarray(digit)
     if rng.random() < 0.5:  # a thick pen
         img = img.filter(ImageFilter.MaxFilter(3))
@@ -97,7 +98,16 @@ def lowres_scan(digit: np.ndarray, rng: np.random.Generator, size: int | None = 
     y0, x0 = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
     square[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
     low = np.asarray(Image.fromarray(square).resize((r, r), Image.Resampling.BOX), np.float32)
-    low = np.round(low / 255 * 16) / 16  # 17 grey levels, as 4x4 block counts give
+    return np.round(low / 255 * 16) / 16  # 17 grey levels, as 4x4 block counts give
+
+
+def lowres_scan(digit: np.ndarray, rng: np.random.Generator, size: int | None = None,
+                margin: int = 0) -> bytes:
+    """``size`` fixes the scan's resolution (the digit's frame, pixels) instead of drawing it
+    from 7-12; ``margin`` adds that many MNIST pixels of paper on every side before the scan,
+    the digit keeping its resolution. The other draws are the same either way."""
+    low = scan_pixels(digit, rng, size, margin)
+    r = len(low)
     k = int(rng.integers(4, 21))
     resample = _BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
     big = np.asarray(Image.fromarray(low, "F").resize((r * k, r * k), resample), np.float32)
