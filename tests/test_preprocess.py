@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from mnistlab import data
-from mnistlab.handwriting import STYLES, lowres_scan, render, render_set
+from mnistlab.handwriting import STYLES, lowres_scan, render, render_set, scan_pixels
 from mnistlab.preprocess import (
     COARSE_SIDE,
     DIGIT_SIDE,
@@ -407,3 +407,25 @@ def test_noise_estimate_is_the_median_whether_or_not_it_can_skip_the_sort(h, w, 
                         (a[:-2] - 2 * a[1:-1] + a[2:]).ravel()])
     expected = 1.4826 * float(np.percentile(np.abs(d), 50)) / np.sqrt(6) if d.size else 0.0
     assert noise_sigma(a) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_scan_pixels_are_the_scan_the_style_upscales(real_digits) -> None:
+    """benchmarks/lowres_oracle.py trains on the scan behind each lowres-scan file: the same
+    draws give an r x r scan in 17 levels whose upscaled file, taken back down to r x r,
+    is that scan again (up to the file's 8 bits and the filter's ringing)."""
+    digit = real_digits[1]
+    low = scan_pixels(digit, np.random.default_rng(9))
+    r = len(low)
+    assert low.shape == (r, r) and 7 <= r <= 12
+    assert np.allclose(low * 16, np.round(low * 16)) and low.max() > 0.9  # 17 levels, ink
+    img = Image.open(io.BytesIO(render(digit, "lowres-scan", np.random.default_rng(9))))
+    big = np.asarray(img.convert("L"), np.float32) / 255
+    assert big.shape[0] % r == 0 and big.shape[0] // r >= 4  # upscaled 4-20x
+    for ink in (big, 1 - big):  # either polarity (a thick scan can be mostly ink)
+        back = np.asarray(Image.fromarray(ink).resize((r, r), Image.Resampling.BOX))
+        if np.abs(back - low).mean() < 0.1:  # ~0.06: the interpolation's ringing
+            break
+    else:
+        raise AssertionError("the style's file is not an upscaled copy of scan_pixels")
+    other = scan_pixels(digit, np.random.default_rng(10), size=7)
+    assert other.shape == (7, 7)
