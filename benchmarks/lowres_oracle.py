@@ -45,6 +45,7 @@ from real_handwriting import labels_of  # noqa: E402  (this folder)
 
 import mnistlab  # noqa: E402
 from mnistlab import data  # noqa: E402
+from mnistlab.engines import get_engine  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 from mnistlab.handwriting import STYLES, render, scan_pixels  # noqa: E402
 from mnistlab.predict import Predictor  # noqa: E402
@@ -121,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if model_args is not None and not isinstance(model_args, dict):
         ap.error("--model-args: a JSON object, e.g. '{\"widths\": [64, 128]}'")
     extra = {"model_args": model_args} if model_args is not None else {}
+    try:  # bad arguments fail in one line now, not after minutes of rendering
+        if model_args is not None:
+            get_engine("torch").build("fast-cnn", model_args, 10)
+    except MnistlabError as e:
+        ap.error(str(e))
     print(f"load average {os.getloadavg()[0]:.2f}; {args.split} split, {args.n} digits, "
           f"seed {args.seed}, specialists {args.epochs} epochs"
           + (f", model_args {args.model_args}" if args.model_args else ""), flush=True)
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     "epochs": args.epochs, "model_args": model_args, "models": {}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lowres-oracle-") as tmp, Pool(args.threads) as pool:
-        evaluated = {}
+        evaluated, inputs = {}, {}
         for name, kind in (("file specialist", _files), ("pixel specialist", _pixels)):
             x, ok = rendered(kind, train_images, args.seed + 1, pool)  # other draws
             ex, eok = rendered(kind, images, args.seed, pool)  # the evaluated scans
@@ -149,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             write_idx(folder, "t10k", ex[eok], labels[eok])  # unused: scored below
             print(f"  {name}: {ok.sum():,} training scans, {(~eok).sum()} of {len(eok)} "
                   f"evaluated refused ({time.perf_counter() - t0:.0f} s); training", flush=True)
-            run = mnistlab.train("handwriting", dataset=str(folder), augment="affine",
-                                 epochs=args.epochs, threads=args.threads, eval_test=False,
-                                 progress=False, runs_dir=str(Path(tmp) / "runs"), name=name[:4],
-                                 seed=args.seed, log=lambda *_: None, **extra)
-            p = Predictor.load(run.path)
-            evaluated[name] = percent(p, ex, eok, labels)
-            if name == "file specialist":
-                files = (ex, eok)  # what the given runs are scored on
+            try:
+                run = mnistlab.train("handwriting", dataset=str(folder), augment="affine",
+                                     epochs=args.epochs, threads=args.threads, eval_test=False,
+                                     progress=False, runs_dir=str(Path(tmp) / "runs"),
+                                     name=name[:4], seed=args.seed, log=lambda *_: None, **extra)
+            except MnistlabError as e:  # e.g. --model-args that fast-cnn does not take
+                ap.error(str(e))
+            inputs[name] = ex, eok
+            evaluated[name] = percent(Predictor.load(run.path), ex, eok, labels)
             print(f"  {name}: {evaluated[name]:.2f}% ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
         report["specialists"] = evaluated
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n  {'model':<34} {'scans':>7} {'tensors':>8} {'gap':>6}")
         rows = []
         for r, p in zip(args.runs, predictors):
-            scans = percent(p, *files, labels)
+            scans = percent(p, *inputs["file specialist"], labels)  # the files, preprocessed
             ok = np.ones(len(labels), bool)
             tensors = percent(p, images, ok, labels)
             rows.append((str(r), scans, tensors))
