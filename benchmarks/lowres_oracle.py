@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from real_handwriting import labels_of  # noqa: E402  (this folder)
 
 import mnistlab  # noqa: E402
 from mnistlab import data  # noqa: E402
+from mnistlab.data.idx import write_idx  # noqa: E402
 from mnistlab.engines import get_engine  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 from mnistlab.handwriting import STYLES, render, scan_pixels  # noqa: E402
@@ -86,12 +86,17 @@ def rendered(kind, images: np.ndarray, seed: int, pool: Pool) -> tuple[np.ndarra
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+def _epochs_only(line: str) -> None:
+    """The specialists' progress: their epoch lines, not their reports."""
+    if line.startswith("epoch "):
+        print(f"    {line}", flush=True)
+
+
+def write_split(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """IDX files of a folder dataset (mnistlab.data.folders): PREFIX-images/-labels."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 2051, len(images), 28, 28) + images.astype(np.uint8).tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+    write_idx(folder / f"{prefix}-images-idx3-ubyte", images.astype(np.uint8))
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
 
 
 def percent(p: Predictor, x: np.ndarray, ok: np.ndarray, labels: np.ndarray) -> float:
@@ -122,21 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     if model_args is not None and not isinstance(model_args, dict):
         ap.error("--model-args: a JSON object, e.g. '{\"widths\": [64, 128]}'")
     extra = {"model_args": model_args} if model_args is not None else {}
-    try:  # bad arguments fail in one line now, not after minutes of rendering
+    try:  # bad arguments, runs or data fail in one line now, not after minutes of rendering
         if model_args is not None:
             get_engine("torch").build("fast-cnn", model_args, 10)
+        predictors = [Predictor.load(r) for r in args.runs]
+        train = data.load("mnist", "train", seed=0)  # the seed-0 split's 55,000: no val digit
+        digits = data.load("mnist", args.split, seed=0)
     except MnistlabError as e:
         ap.error(str(e))
     print(f"load average {os.getloadavg()[0]:.2f}; {args.split} split, {args.n} digits, "
           f"seed {args.seed}, specialists {args.epochs} epochs"
           + (f", model_args {args.model_args}" if args.model_args else ""), flush=True)
-    try:  # a bad run fails in one line, before the work
-        predictors = [Predictor.load(r) for r in args.runs]
-    except MnistlabError as e:
-        ap.error(str(e))
 
-    train = data.load("mnist", "train", seed=0)  # the seed-0 split's 55,000: no val digit
-    digits = data.load("mnist", args.split, seed=0)
     pick = np.sort(np.random.default_rng(args.seed).choice(
         len(digits), min(args.n, len(digits)), replace=False))  # as real_handwriting.py
     images, labels = digits.images.reshape(-1, 28, 28)[pick], digits.labels[pick]
@@ -151,17 +153,17 @@ def main(argv: list[str] | None = None) -> int:
             x, ok = rendered(kind, train_images, args.seed + 1, pool)  # other draws
             ex, eok = rendered(kind, images, args.seed, pool)  # the evaluated scans
             folder = Path(tmp) / name.split()[0]
-            write_idx(folder, "train", x[ok], train.labels[ok])
-            write_idx(folder, "t10k", ex[eok], labels[eok])  # unused: scored below
+            write_split(folder, "train", x[ok], train.labels[ok])
+            # a test split of its own, or the folder dataset would hold out 20% of the
+            # training scans as one; the specialist is scored below, through predict
+            write_split(folder, "t10k", ex[eok], labels[eok])
             print(f"  {name}: {ok.sum():,} training scans, {(~eok).sum()} of {len(eok)} "
                   f"evaluated refused ({time.perf_counter() - t0:.0f} s); training", flush=True)
-            try:
-                run = mnistlab.train("handwriting", dataset=str(folder), augment="affine",
-                                     epochs=args.epochs, threads=args.threads, eval_test=False,
-                                     progress=False, runs_dir=str(Path(tmp) / "runs"),
-                                     name=name[:4], seed=args.seed, log=lambda *_: None, **extra)
-            except MnistlabError as e:  # e.g. --model-args that fast-cnn does not take
-                ap.error(str(e))
+            run = mnistlab.train("handwriting", dataset=str(folder), augment="affine",
+                                 epochs=args.epochs, threads=args.threads, eval_test=False,
+                                 progress=False, runs_dir=str(Path(tmp) / "runs"),
+                                 name=name[:4], seed=args.seed, **extra,
+                                 log=_epochs_only)
             inputs[name] = ex, eok
             evaluated[name] = percent(Predictor.load(run.path), ex, eok, labels)
             print(f"  {name}: {evaluated[name]:.2f}% ({time.perf_counter() - t0:.0f} s)",
@@ -172,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for r, p in zip(args.runs, predictors):
             scans = percent(p, *inputs["file specialist"], labels)  # the files, preprocessed
-            ok = np.ones(len(labels), bool)
-            tensors = percent(p, images, ok, labels)
+            tensors = percent(p, images, np.ones(len(labels), bool), labels)
             rows.append((str(r), scans, tensors))
             report["models"][str(r)] = {"scans": scans, "tensors": tensors}
         ref = rows[0][2] if rows else None  # the first run's tensors: the goal's yardstick
