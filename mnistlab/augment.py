@@ -159,6 +159,17 @@ class AugmentParams:
         """The parameters of some samples (e.g. one rank's share of a global batch)."""
         return AugmentParams(**{k: None if v is None else v[index] for k, v in vars(self).items()})
 
+    def unstyled(self, mask: Tensor, side: int) -> AugmentParams:
+        """These parameters with no stroke change and no low-resolution round trip where
+        ``mask`` (B,) is set: for samples that already show a style (rendered files, once
+        preprocessed; see rendered.py). ``side``: the image height (no round trip)."""
+        keep = dict(vars(self))
+        if self.stroke is not None:
+            keep["stroke"] = self.stroke.masked_fill(mask.to(self.stroke.device), 0.0)
+        if self.lowres is not None:
+            keep["lowres"] = self.lowres.masked_fill(mask.to(self.lowres.device), side)
+        return AugmentParams(**keep)
+
 
 @functools.cache
 def gaussian_matrix(n: int, sigma: float) -> Tensor:

@@ -44,7 +44,9 @@ class BatchLoader:
     """Iterates (x float32 (B, 1, H, W) normalized, y int64 (B,)) over an in-memory split.
 
     ``images``: (N, H, W) or (N, 1, H, W) uint8, NumPy or torch. ``augment`` is applied to
-    each batch before normalization. ``shard(rank, world_size)`` makes this loader yield only
+    each batch before normalization; ``styled`` (N,) bool marks images that already show a
+    style (rendered and preprocessed files): the augmentation leaves their stroke width and
+    resolution alone (``AugmentParams.unstyled``) and warps them as the others. ``shard(rank, world_size)`` makes this loader yield only
     its rank's share of every epoch (for multi-process training).
     """
 
@@ -62,6 +64,7 @@ class BatchLoader:
         augment: Augment | None = None,
         drop_last: bool = False,
         fraction: float = 1.0,
+        styled: np.ndarray | Tensor | None = None,
     ):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
@@ -73,6 +76,11 @@ class BatchLoader:
             raise ValueError(f"images must be (N, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+        if styled is not None:
+            styled = torch.as_tensor(styled)
+            if styled.dtype != torch.bool or styled.shape != (len(images),):
+                raise ValueError(f"styled must be ({len(images)},) bool, got "
+                                 f"{tuple(styled.shape)} {styled.dtype}")
         if not 0 < fraction <= 1 or (fraction < 1 and not shuffle):
             raise ValueError(f"fraction must be in (0, 1], and below 1 only with shuffle; got "
                              f"{fraction} (shuffle={shuffle})")
@@ -88,6 +96,9 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.augment = augment
+        # None when nothing is styled (or nothing augmented): batches then skip the gather
+        self.styled = None if styled is None or augment is None or not styled.any() \
+            else styled.to(self.device)
         self.drop_last = drop_last
         # each epoch takes the head of its permutation: a fresh random subset of this size
         self.per_epoch = epoch_size(len(self.images), fraction)
@@ -148,27 +159,34 @@ class BatchLoader:
         # without augmentation, whole batches are converted CHUNK images at a time and
         # yielded as views: one gather and one conversion per chunk instead of per batch
         chunk = b if self.augment is not None else max(b, CHUNK // self._per_image // b * b)
+        styled = self.styled
         if order is None:  # in order: each chunk is a view of the resident images
             sources, labels = self.images[:stop].split(chunk), self.labels[:stop].split(chunk)
+            marks = styled[:stop].split(chunk) if styled is not None else None
         else:  # gathered by index; the labels of the whole epoch in one op
             order = order[:stop].to(self.device)
             sources = (self.images.index_select(0, i) for i in order.split(chunk))
             labels = self.labels.index_select(0, order).split(chunk)
-        for src, y in zip(sources, labels, strict=True):
+            marks = styled.index_select(0, order).split(chunk) if styled is not None else None
+        for k, (src, y) in enumerate(zip(sources, labels, strict=True)):
             x = src.float()  # on the raw 0..255 scale: 0 = background, the augmentation's fill
             if self.augment is not None:
-                x = self._augment(x)
+                x = self._augment(x, None if marks is None else marks[k])
             torch.add(self._shift, x, alpha=self._scale, out=x)  # normalize in place
             yield from zip(x.split(b), y.split(b), strict=True)
 
-    def _augment(self, x: Tensor) -> Tensor:
-        if self.world_size == 1 or self.augment.cfg.is_identity:
-            return self.augment(x)
+    def _augment(self, x: Tensor, styled: Tensor | None = None) -> Tensor:
+        if self.augment.cfg.is_identity:
+            return x
         # sharded: draw the parameters of the whole global batch, as one process would, from
         # the stream every rank shares, and apply this rank's rows (it holds global positions
         # rank, rank + world_size, ...: see shard)
         params = self.augment.sample(len(x) * self.world_size, x.shape[-2], x.shape[-1])
-        return self.augment.apply(x, params.rows(slice(self.rank, None, self.world_size)))
+        if self.world_size > 1:
+            params = params.rows(slice(self.rank, None, self.world_size))
+        if styled is not None:
+            params = params.unstyled(styled, x.shape[-2])
+        return self.augment.apply(x, params)
 
     def state_dict(self) -> dict:
         """What an exact resume at an epoch boundary needs (the data order and the augment

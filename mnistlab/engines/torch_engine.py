@@ -244,9 +244,14 @@ class TorchEngine:
         augment = None
         if cfg.augment != "none":
             augment = Augment(augment_preset(cfg.augment), seed=cfg.seed)
-        train_loader = BatchLoader(train.images, train.labels, batch_size=cfg.batch_size // world,
+        images, labels, styled = train.images, train.labels, None
+        if cfg.rendered_style != "none":  # the training digits again, as files read back
+            images, labels, styled = _with_renders(cfg, train, log, primary=ctx is None or
+                                                   ctx.primary)
+        train_loader = BatchLoader(images, labels, batch_size=cfg.batch_size // world,
                                    mean=train.mean, std=train.std, shuffle=True, seed=cfg.seed,
-                                   device=device, augment=augment, fraction=cfg.epoch_fraction)
+                                   device=device, augment=augment, fraction=cfg.epoch_fraction,
+                                   styled=styled)
         val_x, val_y = val.images, val.labels
         if ctx is not None:
             train_loader.shard(ctx.rank, world)
@@ -275,7 +280,9 @@ class TorchEngine:
 
         n_total, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
         log(f"run {run.path}  model {cfg.model} ({n_train:,} trainable / {n_total:,} "
-            f"parameters)  data {cfg.dataset} train {len(train):,} val {len(val):,}  "
+            f"parameters)  data {cfg.dataset} train {len(train):,}"
+            + (f" + {len(labels) - len(train):,} rendered" if styled is not None else "")
+            + f" val {len(val):,}  "
             f"device {device}" + (f"  {world} processes ({torch_ddp.backend_for(device)}), "
                                   f"{cfg.batch_size // world} images each per step"
                                   if ctx is not None else ""))
@@ -389,3 +396,32 @@ def _device(cfg: TrainConfig, ctx: Context | None) -> torch.device:
 ENGINE = TorchEngine()
 
 __all__ = ["ENGINE", "TorchEngine", "pick_device", "seed_everything", "evaluate_loader"]
+
+
+def _with_renders(cfg: TrainConfig, train: Any, log: Any, *, primary: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training split followed by its digits rendered in ``cfg.rendered_style`` and
+    preprocessed as predict does (cached; see rendered.py), and which rows are renderings."""
+    from tqdm.auto import tqdm
+
+    from ..rendered import cached_renders
+
+    t0 = time.perf_counter()
+    n = len(train.images)
+    with tqdm(total=n, desc=f"rendering {cfg.rendered_style}", leave=False, unit="digit",
+              disable=not cfg.progress or not primary) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        workers = cfg.threads or os.cpu_count() or 1
+        images, source, cached = cached_renders(train.images, cfg.rendered_style,
+                                                seed=cfg.seed, workers=workers,
+                                                progress=progress)
+    log(f"rendered style {cfg.rendered_style}: {len(images):,} of {n:,} training digits "
+        f"as files read back by predict's preprocessing"
+        + (f" ({n - len(images):,} refused)" if len(images) < n else "")
+        + (" (from the cache)" if cached else f" ({time.perf_counter() - t0:.0f} s)"))
+    styled = np.zeros(n + len(images), bool)
+    styled[n:] = True
+    return (np.concatenate([train.images.reshape(-1, 28, 28), images]),
+            np.concatenate([train.labels, train.labels[source]]), styled)
