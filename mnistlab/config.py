@@ -28,9 +28,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "onecycle", "plateau")
 EARLY_STOP = ("none", "val_acc", "val_loss")
 AUGMENT_PRESETS = ("none", "affine", "affine+elastic", "full", "handwriting")  # == augment.PRESETS
-# == ("none", *handwriting.STYLES): the styles a training digit can be rendered in
-RENDERED_STYLES = ("none", "mnist-png", "lowres-scan", "paper-shadow", "jpeg-low",
-                   "sensor-noise", "thick", "thin", "small-offcentre", "rotated", "rgba")
+RENDERED = ("none", "scans")  # == ("none", *rendered.STYLES)
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # also linked as ./recipes
 
 __all__ = ["ConfigError", "TrainConfig", "build_config", "from_dict", "load_config_file",
@@ -72,11 +70,10 @@ class TrainConfig:
                                group="data", ge=0)
     augment: str = _f("none", "augmentation preset applied to training batches", group="data",
                       choices=AUGMENT_PRESETS)
-    rendered_style: str = _f("none", "also train on every training digit rendered once as a "
-                             "file in this style (mnistlab.handwriting) and read back through "
-                             "predict's preprocessing; the augmentation warps these but does "
-                             "not restyle them (see mnistlab/rendered.py)", group="data",
-                             choices=RENDERED_STYLES)
+    rendered: str = _f("none", "also train on every training digit drawn once as an image "
+                       "file (scans: low-resolution scans, upscaled) and read back by "
+                       "predict's preprocessing; the augmentation warps these but does not "
+                       "restyle them (mnistlab/rendered.py)", group="data", choices=RENDERED)
     # --- model
     model: str = _f("fast-cnn", "a model name from `mnistlab models`", group="model")
     model_args: dict = _f({}, "the model's keyword arguments, as JSON (e.g. "

@@ -38,7 +38,7 @@ CHANGES = {
     "split_seed": (1, {}),
     "labels_per_class": (10, {}),
     "augment": ("affine", {}),
-    "rendered_style": ("mnist-png", {}),
+    "rendered": ("scans", {}),
     "model_args": ({"hidden": [8]}, {}),
     "epochs": (5, {}),
     "epoch_fraction": (0.5, {}),
@@ -152,7 +152,7 @@ def train_run(tmp_path: Path, capsys, name: str, **values) -> tuple[Path, dict]:
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_every_field_is_honoured_or_refused(engine, tmp_path, capsys, scripted,
                                            monkeypatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # rendered_style's cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # rendered's cache
     honoured, refused = [], []
     bases: dict[str, dict] = {}
     for field, (value, base) in CHANGES.items():
@@ -172,7 +172,7 @@ def test_every_field_is_honoured_or_refused(engine, tmp_path, capsys, scripted,
         honoured.append(field)
     # the torch engine implements everything but the NumPy engine's worker processes
     expected_refusals = {"torch": {"workers"},
-                         "numpy": {"augment", "rendered_style", "epoch_fraction",
+                         "numpy": {"augment", "rendered", "epoch_fraction",
                                    "weight_decay", "grad_clip", "amp"}}[engine]
     assert set(refused) == expected_refusals, refused
 

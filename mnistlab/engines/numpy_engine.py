@@ -29,8 +29,8 @@ INITS = ("he", "xavier")
 # settings this engine does not implement: (field, is it at a value it honours?, why)
 _REFUSED = (
     ("augment", lambda c: c.augment == "none", "augmentation (it trains on the raw images)"),
-    ("rendered_style", lambda c: c.rendered_style == "none", "rendered training digits "
-     "(they come with augmentation, which it does not do)"),
+    ("rendered", lambda c: c.rendered == "none", "rendered training digits "
+     "(it trains on the dataset's own images)"),
     ("weight_decay", lambda c: c.weight_decay == 0, "decoupled weight decay (use --l2)"),
     ("grad_clip", lambda c: c.grad_clip == 0, "gradient clipping"),
     ("epoch_fraction", lambda c: c.epoch_fraction == 1, "training on part of the split per "

@@ -245,7 +245,7 @@ class TorchEngine:
         if cfg.augment != "none":
             augment = Augment(augment_preset(cfg.augment), seed=cfg.seed)
         images, labels, styled = train.images, train.labels, None
-        if cfg.rendered_style != "none":  # the training digits again, as files read back
+        if cfg.rendered != "none":  # the training digits again, as files read back
             images, labels, styled = _with_renders(cfg, train, log, primary=ctx is None or
                                                    ctx.primary)
         train_loader = BatchLoader(images, labels, batch_size=cfg.batch_size // world,
@@ -400,7 +400,7 @@ __all__ = ["ENGINE", "TorchEngine", "pick_device", "seed_everything", "evaluate_
 
 def _with_renders(cfg: TrainConfig, train: Any, log: Any, *, primary: bool
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The training split followed by its digits rendered in ``cfg.rendered_style`` and
+    """The training split followed by its digits rendered in ``cfg.rendered`` and
     preprocessed as predict does (cached; see rendered.py), and which rows are renderings."""
     from tqdm.auto import tqdm
 
@@ -408,16 +408,16 @@ def _with_renders(cfg: TrainConfig, train: Any, log: Any, *, primary: bool
 
     t0 = time.perf_counter()
     n = len(train.images)
-    with tqdm(total=n, desc=f"rendering {cfg.rendered_style}", leave=False, unit="digit",
+    with tqdm(total=n, desc=f"rendering {cfg.rendered}", leave=False, unit="digit",
               disable=not cfg.progress or not primary) as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
         workers = cfg.threads or os.cpu_count() or 1
-        images, source, cached = cached_renders(train.images, cfg.rendered_style,
+        images, source, cached = cached_renders(train.images, cfg.rendered,
                                                 seed=cfg.seed, workers=workers,
                                                 progress=progress)
-    log(f"rendered style {cfg.rendered_style}: {len(images):,} of {n:,} training digits "
+    log(f"rendered {cfg.rendered}: {len(images):,} of {n:,} training digits "
         f"as files read back by predict's preprocessing"
         + (f" ({n - len(images):,} refused)" if len(images) < n else "")
         + (" (from the cache)" if cached else f" ({time.perf_counter() - t0:.0f} s)"))
