@@ -19,15 +19,17 @@ style stays a generator the model has not seen.
 
 Rendering costs ~1.5 ms of CPU per digit (55,000 digits: ~80 s on 2 processes), so results
 are cached under ``~/.cache/mnistlab/renders`` ($XDG_CACHE_HOME), keyed by the digits' bytes,
-the renderer, the seed and the version of mnistlab.
+the renderer, the seed and the source of this module and of the preprocessing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -139,6 +141,15 @@ def render_digits(images: np.ndarray, style: str, *, seed: int = 0, workers: int
             np.concatenate([p[1] for p in parts]).astype(np.int64))
 
 
+@functools.cache
+def _code_digest() -> bytes:
+    """The source of what makes a rendering: this module and the preprocessing."""
+    from . import preprocess
+
+    return hashlib.sha256(Path(__file__).read_bytes()
+                          + Path(preprocess.__file__).read_bytes()).digest()
+
+
 def cached_renders(images: np.ndarray, style: str, *, seed: int = 0, workers: int = 1,
                    cache: str | os.PathLike | None = None,
                    progress: Callable[[int, int], None] | None = None,
@@ -148,14 +159,15 @@ def cached_renders(images: np.ndarray, style: str, *, seed: int = 0, workers: in
     costs the rendering next time."""
     images = np.ascontiguousarray(np.asarray(images, np.uint8).reshape(-1, 28, 28))
     key = hashlib.sha256(images.tobytes())
-    key.update(f"|{style}|{seed}|{__version__}".encode())
+    key.update(f"|{style}|{seed}|{__version__}|".encode())
+    key.update(_code_digest())  # a changed renderer or preprocessing is another entry
     folder = Path(cache) if cache is not None else cache_dir() / "renders"
     path = folder / f"{style}-{key.hexdigest()[:24]}.npz"
     try:
         with np.load(path) as f:
             return f["images"], f["source"], True
-    except (OSError, KeyError, ValueError):  # absent, unreadable or damaged: render again
-        pass
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # absent, unreadable or damaged: render again
     out, source = render_digits(images, style, seed=seed, workers=workers, progress=progress)
     tmp = None
     try:

@@ -92,12 +92,22 @@ def test_cache_returns_the_same_and_survives_damage(digits, tmp_path) -> None:
     # another style or seed is another entry
     _, _, cached = rendered.cached_renders(images, "scans", seed=1, cache=tmp_path)
     assert not cached and len(list(tmp_path.glob("*.npz"))) == 2
-    for f in tmp_path.glob("*.npz"):  # damaged entries are rendered again and replaced
-        f.write_bytes(b"not a zip")
-    third, _, cached = rendered.cached_renders(images, "scans", cache=tmp_path)
-    assert not cached and np.array_equal(first, third)
-    assert rendered.cached_renders(images, "scans", cache=tmp_path)[2]
+    for damage in (lambda b: b"not a zip", lambda b: b[: len(b) // 2]):  # a cut-off zip
+        for f in tmp_path.glob("*.npz"):  # damaged entries are rendered again and replaced
+            f.write_bytes(damage(f.read_bytes()))
+        third, _, cached = rendered.cached_renders(images, "scans", cache=tmp_path)
+        assert not cached and np.array_equal(first, third)
+        assert rendered.cached_renders(images, "scans", cache=tmp_path)[2]
     assert not list(tmp_path.glob("tmp*"))  # no temporary file left behind
+
+
+def test_cache_follows_the_code(digits, tmp_path, monkeypatch) -> None:
+    """A changed renderer or preprocessing never serves the old renderings."""
+    images = digits[0][:3]
+    assert not rendered.cached_renders(images, "scans", cache=tmp_path)[2]
+    assert rendered.cached_renders(images, "scans", cache=tmp_path)[2]
+    monkeypatch.setattr(rendered, "_code_digest", lambda: b"edited preprocess.py")
+    assert not rendered.cached_renders(images, "scans", cache=tmp_path)[2]
 
 
 def test_unknown_style_is_refused(digits) -> None:
