@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from . import __version__
 from .data.fetch import cache_dir
 from .preprocess import PreprocessError, preprocess_image
 
-__all__ = ["STYLES", "render_digits", "cached_renders", "scans"]
+__all__ = ["STYLES", "read_back", "render_digits", "cached_renders", "scans"]
 
 _R = Image.Resampling
 
@@ -95,50 +96,57 @@ STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {"scans"
 CHUNK = 1000  # digits per task: a task's rendering takes ~1.5 s
 
 
-def _render_chunk(args: tuple[np.ndarray, str, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    images, style, seed, offset = args
-    renderer, code = STYLES[style], list(STYLES).index(style)
+def _read_back_chunk(args: tuple[np.ndarray, Callable, int, int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    images, draw, seed, stream, offset = args
     out = np.zeros((len(images), 28, 28), np.uint8)
     ok = np.zeros(len(images), bool)
     for i, digit in enumerate(images):
         if not digit.any():  # nothing to draw (a blank image in a folder of the user's)
             continue
-        rng = np.random.default_rng([seed, code, offset + i])
         try:
-            x = preprocess_image(renderer(digit, rng))
+            x = preprocess_image(draw(digit, np.random.default_rng([seed, stream, offset + i])))
         except PreprocessError:
             continue
         out[i], ok[i] = np.round(x * 255), True
     return out[ok], np.flatnonzero(ok) + offset
 
 
-def render_digits(images: np.ndarray, style: str, *, seed: int = 0, workers: int = 1,
-                  progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) uint8 digits (ink high) -> ((M, 28, 28) uint8 renderings as ``predict``
-    lays them out, (M,) int64 source rows); M < N when preprocessing refuses some.
-    Deterministic in ``seed`` whatever ``workers`` (processes) is. ``progress(done, total)``
-    is called after each chunk of digits."""
-    if style not in STYLES:
-        raise ValueError(f"unknown renderer {style!r}; choose from {list(STYLES)}")
+def read_back(images: np.ndarray, draw: Callable[[np.ndarray, np.random.Generator], bytes],
+              *, stream: int, seed: int = 0, workers: int = 1,
+              progress: Callable[[int, int], None] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 digits (ink high), each drawn as a file by ``draw(digit, rng)`` and
+    read back by ``preprocess_image`` -> ((M, 28, 28) uint8 as ``predict`` lays them out,
+    (M,) int64 source rows); M < N when preprocessing refuses some. Digit i's generator is
+    seeded by (seed, stream, i), as ``handwriting.render_set`` seeds (seed, style, i), so
+    the result does not depend on ``workers`` (processes; ``draw`` must then be a module-level
+    function). ``progress(done, total)`` is called after each chunk of digits."""
     images = np.asarray(images, np.uint8).reshape(-1, 28, 28)
-    tasks = [(images[i : i + CHUNK], style, seed, i) for i in range(0, len(images), CHUNK)]
+    tasks = [(images[i : i + CHUNK], draw, seed, stream, i)
+             for i in range(0, len(images), CHUNK)]
+    parallel = workers > 1 and len(tasks) > 1
     parts = []
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
-            for part in pool.map(_render_chunk, tasks):
-                parts.append(part)
-                if progress:
-                    progress(min(len(parts) * CHUNK, len(images)), len(images))
-    else:
-        for task in tasks:
-            parts.append(_render_chunk(task))
+    with ProcessPoolExecutor(min(workers, len(tasks))) if parallel else nullcontext() as pool:
+        for part in (pool.map if parallel else map)(_read_back_chunk, tasks):
+            parts.append(part)
             if progress:
                 progress(min(len(parts) * CHUNK, len(images)), len(images))
     if not parts:
         return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
     return (np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]).astype(np.int64))
+
+
+def render_digits(images: np.ndarray, style: str, *, seed: int = 0, workers: int = 1,
+                  progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``read_back`` with one of this module's renderers (``STYLES``), its stream being its
+    place there."""
+    if style not in STYLES:
+        raise ValueError(f"unknown renderer {style!r}; choose from {list(STYLES)}")
+    return read_back(images, STYLES[style], stream=list(STYLES).index(style), seed=seed,
+                     workers=workers, progress=progress)
 
 
 @functools.cache
