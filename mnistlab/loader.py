@@ -46,8 +46,9 @@ class BatchLoader:
     ``images``: (N, H, W) or (N, 1, H, W) uint8, NumPy or torch. ``augment`` is applied to
     each batch before normalization; ``styled`` (N,) bool marks images that already show a
     style (rendered and preprocessed files): the augmentation leaves their stroke width and
-    resolution alone (``AugmentParams.unstyled``) and warps them as the others. ``shard(rank, world_size)`` makes this loader yield only
-    its rank's share of every epoch (for multi-process training).
+    resolution alone (``AugmentParams.unstyled``) and warps them as the others.
+    ``shard(rank, world_size)`` makes this loader yield only its rank's share of every epoch
+    (for multi-process training).
     """
 
     def __init__(

@@ -385,19 +385,6 @@ class TorchEngine:
             else "off", "torch": torch.__version__}}
 
 
-def _device(cfg: TrainConfig, ctx: Context | None) -> torch.device:
-    """The configured device; under DDP on GPUs, this rank's own (cuda:LOCAL_RANK)."""
-    device = pick_device(cfg.device)
-    if ctx is not None and device.type == "cuda":
-        return torch.device("cuda", ctx.local_rank)
-    return device
-
-
-ENGINE = TorchEngine()
-
-__all__ = ["ENGINE", "TorchEngine", "pick_device", "seed_everything", "evaluate_loader"]
-
-
 def _with_renders(cfg: TrainConfig, train: Any, log: Any, *, primary: bool
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training split followed by its digits rendered in ``cfg.rendered`` and
@@ -425,3 +412,16 @@ def _with_renders(cfg: TrainConfig, train: Any, log: Any, *, primary: bool
     styled[n:] = True
     return (np.concatenate([train.images.reshape(-1, 28, 28), images]),
             np.concatenate([train.labels, train.labels[source]]), styled)
+
+
+def _device(cfg: TrainConfig, ctx: Context | None) -> torch.device:
+    """The configured device; under DDP on GPUs, this rank's own (cuda:LOCAL_RANK)."""
+    device = pick_device(cfg.device)
+    if ctx is not None and device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+ENGINE = TorchEngine()
+
+__all__ = ["ENGINE", "TorchEngine", "pick_device", "seed_everything", "evaluate_loader"]
